@@ -1,0 +1,362 @@
+"""Commands of the ``livemig`` CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from livemig.control import request, stream
+from livemig.engine.events import MigrationEvent
+from livemig.engine.migration import MigrationOptions
+from livemig.engine.report import MigrationReport
+from livemig.errors import MigrationFailed, UsageError
+from livemig.guest import build_image, parse_workload
+from livemig.job import MigrationJob
+from livemig.policy import parse_policy
+from livemig.registry import Registry
+from livemig.spec import VMSpec, parse_size_mib
+from livemig.units import parse_rate
+from livemig.vm import start_vm, stop_vm
+
+__all__ = ["cli"]
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+def _registry(ctx: click.Context) -> Registry:
+    obj = ctx.find_root().ensure_object(dict)
+    if "registry" not in obj:
+        obj["registry"] = Registry()
+    reg: Registry = obj["registry"]
+    return reg
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--runtime-dir",
+    type=click.Path(path_type=Path),
+    envvar="LIVEMIG_RUNTIME_DIR",
+    help="Where VM records and sockets live (default /run/livemig for root).",
+)
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for QMP traffic).")
+@click.version_option(package_name="livemig")
+@click.pass_context
+def cli(ctx: click.Context, runtime_dir: Path | None, verbose: int) -> None:
+    """livemig: live migration of QEMU VMs, post-copy done well."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
+    if runtime_dir is not None:
+        os.environ["LIVEMIG_RUNTIME_DIR"] = str(runtime_dir)
+    ctx.ensure_object(dict)
+
+
+# -- guest --------------------------------------------------------------------
+@cli.group()
+def guest() -> None:
+    """The guest image (Debian cloud kernel + busybox initramfs with the workloads)."""
+
+
+@guest.command("build")
+@click.option("--force", is_flag=True, help="Rebuild even if the cached image is current.")
+def guest_build(force: bool) -> None:
+    """Build the guest image into the cache (only when its inputs changed)."""
+    img = build_image(force=force)
+    out.print(f"guest image: kernel {img.kernel_version}\n  {img.kernel}\n  {img.initrd}")
+
+
+# -- vm -----------------------------------------------------------------------
+@cli.group()
+def vm() -> None:
+    """Start, list, show and stop VMs."""
+
+
+@vm.command("start")
+@click.argument("name")
+@click.option("--memory", default="256", show_default=True, help="Guest memory (MiB, or 512M, 1G).")
+@click.option("--vcpus", default=1, show_default=True, type=int)
+@click.option(
+    "--workload",
+    default="idle",
+    show_default=True,
+    help="idle | dirty:mib=M,rate=R,pattern=seq|random | stream:fps=F,kib=K,ring=B | "
+    "verify:mib=M,seed=S | faultprobe:mib=M,pages=N",
+)
+@click.option("--accel", default="auto", show_default=True, type=click.Choice(["auto", "tcg", "kvm"]))
+@click.option("--kernel", type=click.Path(path_type=Path), help="Kernel (default: the guest image's).")
+@click.option("--initrd", type=click.Path(path_type=Path), help="Initrd (default: the guest image's).")
+@click.option("--append", "cmdline", default="", help="Extra kernel command line.")
+@click.option("--host", default=None, help="Lab host (network namespace) to run in.")
+@click.option("--no-wait", is_flag=True, help="Return without waiting for the guest to boot.")
+@click.pass_context
+def vm_start(
+    ctx: click.Context,
+    name: str,
+    memory: str,
+    vcpus: int,
+    workload: str,
+    accel: str,
+    kernel: Path | None,
+    initrd: Path | None,
+    cmdline: str,
+    host: str | None,
+    no_wait: bool,
+) -> None:
+    """Start VM NAME in the background and record it."""
+    spec = VMSpec(
+        name=name, memory_mib=parse_size_mib(memory), vcpus=vcpus, kernel=kernel, initrd=initrd,
+        cmdline=cmdline, workload=parse_workload(workload), accel=accel,
+    )  # fmt: skip
+    rec = start_vm(spec, _registry(ctx), host=host, wait=not no_wait)
+    out.print(
+        f"started {name} (pid {rec.instance.pid}, {rec.instance.accel}, {spec.memory_mib} MiB, "
+        f"workload {spec.workload})"
+    )
+
+
+@vm.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def vm_list(ctx: click.Context, as_json: bool) -> None:
+    """List recorded VMs."""
+    recs = _registry(ctx).all()
+    if as_json:
+        out.print_json(json.dumps([{**r.to_dict(), "status": r.status} for r in recs]))
+        return
+    table = Table("name", "status", "pid", "host", "accel", "memory", "workload")
+    for r in recs:
+        table.add_row(
+            r.name,
+            r.status,
+            str(r.instance.pid),
+            r.host or "local",
+            r.instance.accel,
+            f"{r.spec.memory_mib} MiB",
+            str(r.spec.workload),
+        )
+    out.print(table)
+
+
+@vm.command("show")
+@click.argument("name")
+@click.pass_context
+def vm_show(ctx: click.Context, name: str) -> None:
+    """Show VM NAME's record (JSON)."""
+    r = _registry(ctx).load(name)
+    out.print_json(json.dumps({**r.to_dict(), "status": r.status}))
+
+
+@vm.command("stop")
+@click.argument("name")
+@click.pass_context
+def vm_stop(ctx: click.Context, name: str) -> None:
+    """Stop VM NAME (quit its QEMU) and forget it."""
+    stop_vm(name, _registry(ctx))
+    out.print(f"stopped {name}")
+
+
+# -- migrate ------------------------------------------------------------------
+def migration_options(
+    policy: str,
+    bandwidth: str | None,
+    downtime_limit: int | None,
+    postcopy_bandwidth: str | None,
+    no_preempt: bool,
+    port: int,
+    address: str,
+    multifd: bool,
+) -> MigrationOptions:
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port}: out of range [0, 65535]")
+    if downtime_limit is not None and not 1 <= downtime_limit <= 2000:
+        raise UsageError(f"--downtime-limit {downtime_limit}: out of range [1, 2000] ms")
+    return MigrationOptions(
+        policy=parse_policy(policy),
+        preempt=False if no_preempt else None,
+        max_bandwidth=parse_rate(bandwidth, "--bandwidth") if bandwidth else None,
+        downtime_limit_ms=downtime_limit,
+        postcopy_bandwidth=parse_rate(postcopy_bandwidth, "--postcopy-bandwidth")
+        if postcopy_bandwidth
+        else None,
+        multifd=multifd,
+        address=address,
+        port=port,
+    )
+
+
+def _print_event(t0: float, ev: MigrationEvent) -> None:
+    lat = f"  (delivered {ev.latency_ms:.2f} ms after QEMU's timestamp)" if ev.latency_ms is not None else ""
+    data = {k: v for k, v in ev.data.items() if k not in ("side", "status")}
+    extra = f" {data}" if data else ""
+    err.print(f"  [dim]+{ev.delivered_ts - t0:7.3f}s[/] [bold]{ev.name}[/]{extra}{lat}")
+
+
+def summary_table(reports: list[MigrationReport], title: str = "") -> Table:
+    table = Table(
+        title=title or None,
+        caption="times in ms; blackout = source STOP to destination "
+        "RESUME; max stall = longest heartbeat gap the guest showed",
+    )
+    for col in (
+        "policy",
+        "status",
+        "switch@pass",
+        "blackout",
+        "qemu dt",
+        "max stall",
+        ">100ms",
+        "total",
+        "pc req",
+    ):
+        table.add_column(col, justify="right" if col != "policy" else "left")
+    for r in reports:
+        g = r.guest or {}
+        table.add_row(
+            r.policy, r.status, str(r.switched_at_pass) if r.switched_at_pass is not None else "-",
+            _fmt(r.blackout_ms), _fmt(r.downtime_ms), _fmt(g.get("max_stall_ms")),
+            str(g.get("stalls_over_100ms", "-")), _fmt(r.total_time_ms), _fmt(r.postcopy_requests),
+        )  # fmt: skip
+    return table
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    return str(v)
+
+
+@cli.command()
+@click.argument("name")
+@click.option(
+    "--policy",
+    default="postcopy-after:1",
+    show_default=True,
+    help="precopy[:timeout=S] | manual | postcopy-now | postcopy-after:N",
+)
+@click.option("--bandwidth", help="Max migration bandwidth (e.g. 200mbit, 25MB/s).")
+@click.option("--downtime-limit", type=int, help="Max pre-copy downtime, ms (QEMU default 300).")
+@click.option("--postcopy-bandwidth", help="Max background bandwidth during post-copy.")
+@click.option("--no-preempt", is_flag=True, help="No separate post-copy page-request channel.")
+@click.option(
+    "--multifd",
+    is_flag=True,
+    help="Parallel pre-copy channels (refused with post-copy on QEMU < 10.1).",
+)
+@click.option("--to", "to_host", default=None, help="Destination lab host.")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Destination listening address.")
+@click.option("--port", default=0, type=int, help="Destination port (0: pick a free one).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@click.pass_context
+def migrate(
+    ctx: click.Context,
+    name: str,
+    policy: str,
+    bandwidth: str | None,
+    downtime_limit: int | None,
+    postcopy_bandwidth: str | None,
+    no_preempt: bool,
+    multifd: bool,
+    to_host: str | None,
+    address: str,
+    port: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Migrate VM NAME live (default: one pre-copy pass, then post-copy)."""
+    opts = migration_options(
+        policy, bandwidth, downtime_limit, postcopy_bandwidth, no_preempt, port, address, multifd
+    )
+    reg = _registry(ctx)
+    reg.load(name)  # a clear error before anything starts
+    report = run_migration(name, opts, reg, to_host, quiet)
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        out.print(summary_table([report], f"{name}: {report.status}"))
+        if report.where:
+            out.print(f"the VM is on the {report.where}")
+    if report.status != "completed":
+        raise MigrationFailed(f"{name}: migration {report.status}: {report.error}", phase=report.phase or "")
+
+
+def run_migration(
+    name: str,
+    opts: MigrationOptions,
+    reg: Registry,
+    to_host: str | None = None,
+    quiet: bool = False,
+) -> MigrationReport:
+    t0 = time.time()
+
+    async def go() -> MigrationReport:
+        job = MigrationJob(name, opts, reg, to_host)
+        if not quiet:
+            job.on_event(lambda ev: _print_event(t0, ev))
+        return await job.run()
+
+    if not quiet:
+        err.print(f"migrating {name} with policy {opts.policy} ...")
+    return asyncio.run(go())
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_context
+def postcopy(ctx: click.Context, name: str) -> None:
+    """Switch NAME's running migration to post-copy; returns once QEMU confirms."""
+    reg = _registry(ctx)
+    reg.load(name)
+    reply = request(reg.control_socket(name), name, "postcopy")
+    out.print(f"{name}: {reply.get('state')}")
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_context
+def cancel(ctx: click.Context, name: str) -> None:
+    """Cancel NAME's migration during pre-copy (the VM stays on the source)."""
+    reg = _registry(ctx)
+    reg.load(name)
+    reply = request(reg.control_socket(name), name, "cancel")
+    out.print(f"{name}: {reply.get('state')}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait for a migration of NAME to start.",
+)
+@click.pass_context
+def events(ctx: click.Context, name: str, wait: bool) -> None:
+    """Stream NAME's migration events as JSON lines until it ends (or ^C)."""
+    reg = _registry(ctx)
+    reg.load(name)
+    path = reg.control_socket(name)
+    while wait and not path.exists():
+        time.sleep(0.1)  # waiting for a migration to begin; events themselves are pushed
+    for msg in stream(path, name, "events"):
+        if "event" in msg:
+            click.echo(json.dumps(msg["event"]), nl=True)
+        else:
+            click.echo(json.dumps({"end": msg.get("end")}))
+
+
+# -- demo ---------------------------------------------------------------------
+from livemig.cli.demo import demo  # noqa: E402
+
+cli.add_command(demo)

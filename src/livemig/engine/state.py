@@ -1,0 +1,106 @@
+"""The migration's explicit state machine and its ``@require`` guard."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, ParamSpec, Protocol, TypeVar
+
+from livemig.errors import StateError
+
+__all__ = ["TERMINAL", "TRANSITIONS", "MigrationState", "StateMachine", "require"]
+
+
+class MigrationState(enum.Enum):
+    IDLE = "idle"
+    SETUP = "setup"
+    PRECOPY = "precopy"
+    POSTCOPY = "postcopy"
+    POSTCOPY_PAUSED = "postcopy-paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+S = MigrationState
+TRANSITIONS: Final[dict[MigrationState, frozenset[MigrationState]]] = {
+    S.IDLE: frozenset({S.SETUP, S.FAILED}),
+    S.SETUP: frozenset({S.PRECOPY, S.FAILED, S.CANCELLED}),
+    S.PRECOPY: frozenset({S.POSTCOPY, S.COMPLETED, S.FAILED, S.CANCELLED}),
+    S.POSTCOPY: frozenset({S.COMPLETED, S.FAILED, S.POSTCOPY_PAUSED}),
+    S.POSTCOPY_PAUSED: frozenset({S.POSTCOPY, S.FAILED}),
+    S.COMPLETED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+TERMINAL: Final = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+
+
+@dataclass(frozen=True)
+class Transition:
+    old: MigrationState
+    new: MigrationState
+    at: float
+    why: str
+
+
+class StateMachine:
+    """Holds the state; refuses transitions that TRANSITIONS does not list."""
+
+    def __init__(self) -> None:
+        self.state = MigrationState.IDLE
+        self.history: list[Transition] = []
+
+    def __repr__(self) -> str:
+        return f"<StateMachine {self.state} after {len(self.history)} transition(s)>"
+
+    def can(self, new: MigrationState) -> bool:
+        return new in TRANSITIONS[self.state]
+
+    def to(self, new: MigrationState, why: str = "") -> bool:
+        """Move to ``new``; returns False if already there. Illegal moves raise."""
+        if new is self.state:
+            return False
+        if not self.can(new):
+            raise StateError(f"go to {new}", self.state, TRANSITIONS[self.state], why)
+        self.history.append(Transition(self.state, new, time.time(), why))
+        self.state = new
+        return True
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+class _HasMachine(Protocol):
+    _sm: StateMachine
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Self_ = TypeVar("Self_", bound=_HasMachine)
+
+
+def require(
+    *states: MigrationState, why: str = ""
+) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """Guard an async method: it runs only in ``states``, else StateError
+    (with ``.state`` and ``.required``)."""
+
+    def deco(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(fn)
+        async def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
+            sm: StateMachine = self._sm
+            if sm.state not in states:
+                raise StateError(fn.__name__.lstrip("_").replace("_", "-"), sm.state, states, why)
+            return await fn(self, *args, **kwargs)
+
+        return wrapper
+
+    return deco

@@ -1,0 +1,248 @@
+"""A migration of a recorded VM, end to end: the destination QEMU derived from the
+same spec, both monitors, the guest's heartbeats, the control socket for other
+processes, and the handover of the VM's record once the destination runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from livemig.control import ControlServer
+from livemig.engine.events import MigrationEvent
+from livemig.engine.migration import Endpoint, Migration, MigrationOptions
+from livemig.engine.report import MigrationReport
+from livemig.engine.state import MigrationState
+from livemig.errors import LivemigError, MigrationError, NotMigrating, QemuDied
+from livemig.observe.heartbeat import HeartbeatReader, guest_stats
+from livemig.qemu.binary import find_qemu
+from livemig.qemu.instance import QemuInstance
+from livemig.qemu.monitor import Monitor
+from livemig.registry import Registry, VMRecord
+
+__all__ = ["MigrationJob"]
+
+log = logging.getLogger(__name__)
+S = MigrationState
+STALL_GRACE_S = 0.3  # after completion, wait for the guest's next beats before measuring
+
+
+class MigrationJob:
+    """Migrates the recorded VM ``name``. Async API: ``await job.run()``, and
+    concurrently ``await job.start_postcopy()``, ``await job.cancel()``,
+    ``async for ev in job.events()``."""
+
+    def __init__(
+        self,
+        name: str,
+        options: MigrationOptions | None = None,
+        registry: Registry | None = None,
+        to_host: str | None = None,
+        control: bool = True,
+    ) -> None:
+        self.name = name
+        self.options = options or MigrationOptions()
+        self.registry = registry or Registry()
+        self.to_host = to_host
+        self.control = control
+        self.migration: Migration | None = None
+        self.report: MigrationReport | None = None
+        self._ready = asyncio.Event()
+        self._callbacks: list[Callable[[MigrationEvent], None]] = []
+        self.log = log.getChild(name)
+
+    def __repr__(self) -> str:
+        state = self.migration.state if self.migration else "not started"
+        return f"<MigrationJob {self.name} {state} policy={self.options.policy}>"
+
+    def on_event(self, callback: Callable[[MigrationEvent], None]) -> None:
+        if self.migration is not None:
+            self.migration.on_event(callback)
+        else:
+            self._callbacks.append(callback)
+
+    async def _migration(self, timeout: float = 60.0) -> Migration:
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            raise NotMigrating(f"{self.name} is not migrating") from None
+        assert self.migration is not None
+        return self.migration
+
+    async def start_postcopy(self, reason: str = "requested by caller") -> None:
+        await (await self._migration()).start_postcopy(reason)
+
+    async def cancel(self, reason: str = "cancelled by caller") -> None:
+        await (await self._migration()).cancel(reason)
+
+    async def events(self) -> AsyncIterator[MigrationEvent]:
+        async for ev in (await self._migration()).events():
+            yield ev
+
+    # ---------------------------------------------------------------------
+    async def run(self) -> MigrationReport:
+        reg = self.registry
+        rec = reg.load(self.name)
+        if not rec.instance.alive():
+            raise QemuDied(self.name, f"{self.name}: its QEMU (pid {rec.instance.pid}) is not running")
+        if rec.migration and rec.migration.get("state") not in ("completed", "failed", "cancelled"):
+            owner = int(rec.migration.get("owner_pid", 0))
+            if owner and _pid_alive(owner):
+                raise MigrationError(f"{self.name} is already migrating (livemig pid {owner})")
+        qemu = find_qemu()
+        dst_inst = await asyncio.to_thread(
+            QemuInstance.spawn, qemu, rec.spec, rec.instance.accel, reg.root, True, self.to_host
+        )
+        rec.migration = {
+            "state": "setup", "owner_pid": os.getpid(), "dst": dst_inst.to_dict(),
+            "policy": str(self.options.policy), "started": time.time(), "to_host": self.to_host,
+        }  # fmt: skip
+        reg.save(rec)
+        vmlog = self.log
+        src_mon = Monitor(self.name, "src", rec.instance.paths.qmp, vmlog.getChild("src"))
+        dst_mon = Monitor(self.name, "dst", dst_inst.paths.qmp, vmlog.getChild("dst"))
+        readers = [
+            HeartbeatReader(rec.instance.paths.heartbeat, "src", vmlog),
+            HeartbeatReader(dst_inst.paths.heartbeat, "dst", vmlog),
+        ]
+        server: ControlServer | None = None
+        mig: Migration | None = None
+        report: MigrationReport | None = None
+        try:
+            await asyncio.gather(src_mon.connect(), dst_mon.connect())
+            for r in readers:
+                await r.start()
+            mig = Migration(
+                Endpoint("src", rec.instance, src_mon, qemu),
+                Endpoint("dst", dst_inst, dst_mon, qemu),
+                self.options,
+            )
+            for cb in self._callbacks:
+                mig.on_event(cb)
+            mig.on_event(lambda ev: self._record_state(rec, mig))
+            self.migration = mig
+            self._ready.set()
+            if self.control:
+                server = ControlServer(reg.control_socket(self.name), self)
+                await server.start()
+            t0 = time.time()
+            report = await mig.run()
+            if report.status == "completed":
+                await asyncio.sleep(STALL_GRACE_S)
+            report.guest = guest_stats([b for r in readers for b in r.beats], start_ts=t0).to_dict()
+            if report.status == "completed" and rec.spec.workload.mode == "verify":
+                await self._verify(readers[1], report)
+            self._finish(rec, dst_inst, mig, report, src_mon)
+            await self._quit_source(rec, report, src_mon)
+        except BaseException:
+            if report is None:
+                self._abandon(rec, dst_inst, mig)
+            raise
+        finally:
+            if server is not None:
+                await server.stop()
+            for r in readers:
+                await r.stop()
+            await asyncio.gather(src_mon.close(), dst_mon.close())
+        self.report = report
+        return report
+
+    def _record_state(self, rec: VMRecord, mig: Migration) -> None:
+        if rec.migration is not None and rec.migration.get("state") != str(mig.state):
+            rec.migration["state"] = str(mig.state)
+            with contextlib.suppress(OSError):
+                self.registry.save(rec)
+
+    async def _verify(self, reader: HeartbeatReader, report: MigrationReport) -> None:
+        """Ask the guest to re-check its pattern; a mismatch fails the run."""
+        asked = time.time()
+        await reader.send("check")
+        verdict = await reader.wait_message("verify ok", asked, 0) or await reader.wait_message(
+            "verify", asked, 120.0
+        )
+        report.guest["verify"] = verdict
+        if verdict is None or not verdict.startswith("verify ok"):
+            report.status = "failed"
+            report.error = f"guest memory check: {verdict or 'no answer from the guest in 120s'}"
+            report.phase = "after completion"
+
+    def _finish(
+        self,
+        rec: VMRecord,
+        dst: QemuInstance,
+        mig: Migration,
+        report: MigrationReport,
+        src_mon: Monitor,
+    ) -> None:
+        state = mig.state
+        if state is S.COMPLETED:
+            old = rec.instance
+            rec.instance = QemuInstance(
+                dst.name, dst.id, dst.dir, dst.pid, dst.accel, False, dst.netns, dst._popen
+            )
+            rec.host = self.to_host
+            rec.migration = {"state": "completed", "from": old.to_dict(), "finished": time.time()}
+            report.where = f"destination (pid {dst.pid})"
+        elif state in (S.FAILED, S.CANCELLED) and not mig.src_completed and report.switched_at_pass is None:
+            # Nothing switched: the source still holds the whole VM.
+            dst.kill()
+            rec.migration = None
+            report.where = (
+                f"source (pid {rec.instance.pid})" if rec.instance.alive() else "lost: the source QEMU died"
+            )
+        else:
+            # Post-copy trouble: memory is split between the two QEMUs. Keep both.
+            assert rec.migration is not None
+            rec.migration["state"] = str(state)
+            report.where = (
+                f"split: destination pid {dst.pid} runs the vCPUs, source pid {rec.instance.pid} "
+                "holds the pages not yet sent; both are kept paused (see `livemig recover`)"
+            )
+        self.registry.save(rec)
+
+    async def _quit_source(self, rec: VMRecord, report: MigrationReport, src_mon: Monitor) -> None:
+        if report.status != "completed" or rec.migration is None or "from" not in rec.migration:
+            return
+        old = QemuInstance.from_dict(rec.migration["from"])
+        with contextlib.suppress(LivemigError):
+            await src_mon.execute("quit")
+        if not await asyncio.to_thread(old.wait_exit, 5.0):
+            old.kill()
+        old.remove_files()
+
+    def _abandon(self, rec: VMRecord, dst: QemuInstance, mig: Migration | None) -> None:
+        """An error before a report: if nothing switched, end the destination and keep the source."""
+        switched = mig is not None and mig.state in (S.POSTCOPY, S.POSTCOPY_PAUSED)
+        if not switched:
+            dst.kill()
+            with contextlib.suppress(LivemigError, OSError):
+                cur = self.registry.load(self.name)
+                cur.migration = None
+                self.registry.save(cur)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe(report: MigrationReport) -> dict[str, Any]:
+    """A short summary of a report, for tables."""
+    return {
+        "policy": report.policy,
+        "status": report.status,
+        "switched_at_pass": report.switched_at_pass,
+        "blackout_ms": report.blackout_ms,
+        "max_stall_ms": report.guest.get("max_stall_ms"),
+        "stalls_over_100ms": report.guest.get("stalls_over_100ms"),
+        "total_time_ms": report.total_time_ms,
+    }

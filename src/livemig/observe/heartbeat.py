@@ -1,0 +1,205 @@
+"""Heartbeats: the guest writes ``SEQ MONOTONIC_NS`` lines on its heartbeat serial
+port; livemig reads them on the source and the destination.
+
+Stalls are measured on the **host's receive time** of each line: while a VM is
+stopped its clock may stop too, so the guest's own timestamps can under-count.
+The guest's gap is kept beside the host's: a host gap with no guest gap means
+the VM was stopped; a gap in both means the guest ran but was starved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Beat", "GuestStats", "HeartbeatReader", "guest_stats", "parse_line"]
+
+log = logging.getLogger(__name__)
+
+STALL_THRESHOLD_MS = 100.0
+
+
+@dataclass(frozen=True)
+class Beat:
+    seq: int
+    guest_ns: int
+    host_ts: float  # time.time() when livemig received the line
+    side: str = ""
+
+
+def parse_line(line: str, host_ts: float, side: str = "") -> Beat | str | None:
+    """A heartbeat, a '#' message (returned without '# '), or None for noise."""
+    line = line.strip()
+    if line.startswith("#"):
+        return line[1:].strip()
+    parts = line.split()
+    if len(parts) != 2 or not (parts[0].isdigit() and parts[1].isdigit()):
+        return None
+    return Beat(int(parts[0]), int(parts[1]), host_ts, side)
+
+
+@dataclass(frozen=True)
+class Stall:
+    after_seq: int
+    start_ts: float
+    host_ms: float
+    guest_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "after_seq": self.after_seq,
+            "start_ts": round(self.start_ts, 6),
+            "host_ms": round(self.host_ms, 3),
+            "guest_ms": round(self.guest_ms, 3),
+        }
+
+
+@dataclass(frozen=True)
+class GuestStats:
+    max_stall_ms: float | None
+    stalls_over_100ms: int
+    heartbeats: int
+    lost: int
+    max_guest_gap_ms: float | None = None
+    stalls: tuple[Stall, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_stall_ms": self.max_stall_ms,
+            "stalls_over_100ms": self.stalls_over_100ms,
+            "heartbeats": self.heartbeats,
+            "lost": self.lost,
+            "max_guest_gap_ms": self.max_guest_gap_ms,
+            "stalls": [s.to_dict() for s in self.stalls],
+        }
+
+
+def guest_stats(
+    beats: Iterable[Beat],
+    start_ts: float | None = None,
+    end_ts: float | None = None,
+    threshold_ms: float = STALL_THRESHOLD_MS,
+) -> GuestStats:
+    """Stall arithmetic over beats from both sides, merged by sequence number.
+
+    Only beats received in ``[start_ts, end_ts]`` count. A beat seen on both
+    sides counts once (the first receipt). ``lost`` counts sequence numbers
+    missing between the first and last beat.
+    """
+    first_seen: dict[int, Beat] = {}
+    for b in beats:
+        if start_ts is not None and b.host_ts < start_ts:
+            continue
+        if end_ts is not None and b.host_ts > end_ts:
+            continue
+        if b.seq not in first_seen or b.host_ts < first_seen[b.seq].host_ts:
+            first_seen[b.seq] = b
+    ordered = [first_seen[s] for s in sorted(first_seen)]
+    if len(ordered) < 2:
+        return GuestStats(None, 0, len(ordered), 0)
+    lost = (ordered[-1].seq - ordered[0].seq + 1) - len(ordered)
+    stalls: list[Stall] = []
+    max_host = 0.0
+    max_guest = 0.0
+    for a, b in itertools.pairwise(ordered):
+        host_ms = (b.host_ts - a.host_ts) * 1000.0
+        guest_ms = (b.guest_ns - a.guest_ns) / 1e6
+        max_host = max(max_host, host_ms)
+        max_guest = max(max_guest, guest_ms)
+        if host_ms > threshold_ms:
+            stalls.append(Stall(a.seq, a.host_ts, host_ms, guest_ms))
+    return GuestStats(
+        max_stall_ms=round(max_host, 3),
+        stalls_over_100ms=len(stalls),
+        heartbeats=len(ordered),
+        lost=lost,
+        max_guest_gap_ms=round(max_guest, 3),
+        stalls=tuple(stalls),
+    )
+
+
+class HeartbeatReader:
+    """Reads one QEMU's heartbeat chardev (a UNIX socket) in the background.
+
+    It also carries messages to the guest (``send("check")``) and lets callers
+    wait for a '#' message with :meth:`wait_message`.
+    """
+
+    def __init__(self, path: Path, side: str, log_: logging.Logger | None = None) -> None:
+        self.path = path
+        self.side = side
+        self.beats: list[Beat] = []
+        self.messages: list[tuple[float, str]] = []
+        self._log = log_ or log
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._new_message = asyncio.Condition()
+
+    def __repr__(self) -> str:
+        state = "reading" if self._task and not self._task.done() else "stopped"
+        return f"<HeartbeatReader {self.side} {self.path.name} {state} beats={len(self.beats)}>"
+
+    async def start(self, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(self.path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
+        self._writer = writer
+        self._task = asyncio.create_task(self._read(reader), name=f"heartbeat-{self.side}")
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            raw = await reader.readline()
+            if not raw:
+                return
+            now = time.time()
+            item = parse_line(raw.decode(errors="replace"), now, self.side)
+            if isinstance(item, Beat):
+                self.beats.append(item)
+            elif isinstance(item, str):
+                self._log.debug("guest(%s): %s", self.side, item)
+                async with self._new_message:
+                    self.messages.append((now, item))
+                    self._new_message.notify_all()
+
+    async def send(self, command: str) -> None:
+        if self._writer is None:
+            raise RuntimeError("heartbeat reader not started")
+        self._writer.write(command.encode() + b"\n")
+        await self._writer.drain()
+
+    async def wait_message(self, prefix: str, after: float, timeout: float) -> str | None:
+        """The first '#' message starting with ``prefix`` received after ``after``."""
+
+        def found() -> str | None:
+            for ts, msg in self.messages:
+                if ts >= after and msg.startswith(prefix):
+                    return msg
+            return None
+
+        async with self._new_message:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_message.wait_for(lambda: found() is not None), timeout)
+        return found()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()

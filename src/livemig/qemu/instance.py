@@ -1,0 +1,193 @@
+"""One QEMU process: spawned detached (it outlives livemig), tracked by PID in its
+own 0700 directory under the runtime directory, ended only by its PID."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from livemig.errors import QemuStartError
+from livemig.paths import ensure_private_dir
+from livemig.qemu.argv import InstancePaths, build_argv
+from livemig.qemu.binary import QemuBinary
+from livemig.spec import VMSpec
+
+__all__ = ["QemuInstance"]
+
+log = logging.getLogger(__name__)
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@dataclass
+class QemuInstance:
+    """A QEMU process of VM ``name``. ``incoming`` marks a destination waiting for a stream."""
+
+    name: str
+    id: str
+    dir: Path
+    pid: int
+    accel: str
+    incoming: bool = False
+    netns: str | None = None
+    _popen: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        role = "incoming" if self.incoming else "running"
+        where = f" netns={self.netns}" if self.netns else ""
+        return f"<QemuInstance {self.name} id={self.id} pid={self.pid} {role} {self.accel}{where} alive={self.alive()}>"
+
+    @property
+    def paths(self) -> InstancePaths:
+        return InstancePaths(self.dir)
+
+    # -- lifecycle ---------------------------------------------------------
+    @classmethod
+    def spawn(
+        cls,
+        qemu: QemuBinary,
+        spec: VMSpec,
+        accel: str,
+        runtime: Path,
+        incoming: bool = False,
+        netns: str | None = None,
+        timeout: float = 10.0,
+    ) -> QemuInstance:
+        iid = secrets.token_hex(4)
+        idir = ensure_private_dir(ensure_private_dir(runtime / "qemu") / f"{spec.name}-{iid}")
+        paths = InstancePaths(idir)
+        argv = build_argv(qemu.path, spec, accel, paths, incoming)
+        if netns:
+            argv = ["ip", "netns", "exec", netns, *argv]
+        log.debug("spawning %s", argv)
+        with open(paths.log, "wb") as out:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives livemig, and ^C in its terminal
+                close_fds=True,
+            )
+        inst = cls(spec.name, iid, idir, popen.pid, accel, incoming, netns, popen)
+        deadline = time.monotonic() + timeout
+        while not all(p.exists() for p in paths.sockets):
+            if popen.poll() is not None:
+                msg = _tail(paths.log) or f"exit code {popen.returncode}"
+                shutil.rmtree(idir, ignore_errors=True)
+                raise QemuStartError(
+                    spec.name, f"{spec.name}: QEMU exited at start: {msg.splitlines()[-1]}", msg
+                )
+            if time.monotonic() > deadline:
+                inst.kill()
+                raise QemuStartError(spec.name, f"{spec.name}: QEMU did not open its sockets in {timeout:g}s")
+            time.sleep(0.01)
+        for sock in paths.sockets:
+            sock.chmod(0o600)
+        return inst
+
+    def alive(self) -> bool:
+        if self._popen is not None:
+            return self._popen.poll() is None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        # Guard against PID reuse: the process must be our QEMU (its argv names our dir).
+        try:
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return False
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+            return False
+        return str(self.dir).encode() in cmdline
+
+    def wait_guest_ready(self, timeout: float = 60.0) -> None:
+        """Wait until the guest's init says it started its workload (console line)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            console = self.paths.console
+            if console.exists() and b"livemig-guest: ready" in console.read_bytes():
+                return
+            if not self.alive():
+                raise QemuStartError(
+                    self.name, f"{self.name}: QEMU exited while the guest booted", self.log_tail()
+                )
+            if time.monotonic() > deadline:
+                raise QemuStartError(self.name, f"{self.name}: the guest did not boot within {timeout:g}s")
+            time.sleep(0.05)
+
+    def returncode(self) -> int | None:
+        return self._popen.poll() if self._popen is not None else None
+
+    def kill(self, grace: float = 3.0, remove: bool = True) -> None:
+        """End this QEMU (SIGTERM, then SIGKILL after ``grace``), by its PID only."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if self.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                while self.alive():
+                    time.sleep(0.01)
+        if self._popen is not None:
+            with contextlib.suppress(Exception):
+                self._popen.wait(timeout=1)
+        if remove:
+            self.remove_files()
+
+    def wait_exit(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        if self._popen is not None:
+            with contextlib.suppress(Exception):
+                self._popen.wait(timeout=1)
+        return True
+
+    def remove_files(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 5) -> str:
+        return _tail(self.paths.log, lines)
+
+    # -- records -----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "id": self.id,
+            "dir": str(self.dir),
+            "pid": self.pid,
+            "accel": self.accel,
+            "incoming": self.incoming,
+            "netns": self.netns,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QemuInstance:
+        return cls(
+            d["name"], d["id"], Path(d["dir"]), int(d["pid"]), d["accel"],
+            bool(d.get("incoming")), d.get("netns"),
+        )  # fmt: skip

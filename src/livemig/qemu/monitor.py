@@ -1,0 +1,97 @@
+"""A QMP monitor of one QEMU, over the qemu.qmp library.
+
+Maps qemu.qmp's errors onto livemig's (QMPCommandError, QemuDied), keeps
+long-lived event listeners registered for the whole connection, and notices a
+lost connection (a dead QEMU) without polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from livemig.errors import QemuDied, QMPCommandError
+from qemu.qmp import EventListener, ExecInterruptedError, ExecuteError, QMPClient, QMPError
+from qemu.qmp.protocol import Runstate
+
+__all__ = ["Monitor"]
+
+
+class Monitor:
+    def __init__(self, vm: str, side: str, path: Path, logger: logging.Logger | None = None) -> None:
+        self.vm = vm
+        self.side = side
+        self.path = path
+        self.log = logger or logging.getLogger(__name__).getChild(f"{vm}.{side}")
+        self._client = QMPClient(f"{vm}-{side}")
+        self.lost = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Monitor {self.vm}/{self.side} {self.path.name} {self._client.runstate.name.lower()}>"
+
+    @property
+    def oob(self) -> bool:
+        g = self._client.greeting
+        return bool(g and "oob" in g.QMP.capabilities)
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self._client.connect(str(self.path))
+                break
+            except QMPError as exc:
+                if time.monotonic() > deadline:
+                    raise QemuDied(
+                        self.vm,
+                        f"{self.vm} ({self.side}): cannot connect to QMP at {self.path}: {exc}",
+                    ) from exc
+                await asyncio.sleep(0.05)
+        self._watch = asyncio.create_task(self._watch_runstate(), name=f"qmp-watch-{self.vm}-{self.side}")
+
+    async def _watch_runstate(self) -> None:
+        while True:
+            state = await self._client.runstate_changed()
+            if state in (Runstate.DISCONNECTING, Runstate.IDLE):
+                self.log.debug("QMP connection lost (%s)", state.name)
+                self.lost.set()
+                return
+
+    async def execute(
+        self, command: str, arguments: Mapping[str, Any] | None = None, oob: bool = False
+    ) -> Any:
+        if self.lost.is_set():
+            raise QemuDied(self.vm, f"{self.vm} ({self.side}): QEMU is gone; cannot {command}")
+        try:
+            result = await self._client.execute(command, arguments, oob=oob and self.oob)
+        except ExecuteError as exc:
+            raise QMPCommandError(self.vm, command, exc.error_class, exc.error.error.desc) from exc
+        except (ExecInterruptedError, QMPError, EOFError, OSError) as exc:
+            self.lost.set()
+            raise QemuDied(self.vm, f"{self.vm} ({self.side}): QEMU went away during {command}") from exc
+        self.log.debug("%s %s -> %s", command, dict(arguments or {}), result)
+        return result
+
+    def listener(self, names: tuple[str, ...] | None = None) -> EventListener:
+        """A listener registered for the life of the connection (see NOTES: not a `with`)."""
+        lst = EventListener(list(names) if names else None)
+        self._client.register_listener(lst)
+        return lst
+
+    def remove_listener(self, lst: EventListener) -> None:
+        with contextlib.suppress(Exception):
+            self._client.remove_listener(lst)
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch
+        with contextlib.suppress(Exception):
+            await self._client.disconnect()

@@ -1,0 +1,95 @@
+"""VM lifecycle: start a VM from a spec (QEMU detached, recorded), stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from livemig.errors import QemuDied
+from livemig.guest import find_image
+from livemig.qemu.accel import resolve_accel
+from livemig.qemu.binary import find_qemu
+from livemig.qemu.instance import QemuInstance
+from livemig.qemu.monitor import Monitor
+from livemig.registry import Registry, VMRecord
+from livemig.spec import VMSpec
+
+__all__ = ["fill_image", "start_vm", "stop_vm"]
+
+log = logging.getLogger(__name__)
+
+
+def fill_image(spec: VMSpec) -> VMSpec:
+    """Default kernel/initrd to the built guest image."""
+    if spec.kernel is not None and spec.initrd is not None:
+        return spec
+    img = find_image()
+    return spec.with_changes(kernel=spec.kernel or img.kernel, initrd=spec.initrd or img.initrd)
+
+
+def start_vm(
+    spec: VMSpec, registry: Registry | None = None, host: str | None = None, wait: bool = True
+) -> VMRecord:
+    """Validate ``spec``, start its QEMU in the background and record it; with
+    ``wait``, return once the guest has booted (a QEMU that fails is ended)."""
+    reg = registry or Registry()
+    spec = fill_image(spec).validated()
+    qemu = find_qemu()
+    accel = resolve_accel(spec.accel, qemu, spec)
+    with reg.lock(spec.name):
+        if reg.exists(spec.name):
+            old = reg.load(spec.name)
+            if old.instance.alive():
+                from livemig.errors import VMExists
+
+                raise VMExists(
+                    spec.name,
+                    f"a VM named {spec.name!r} is already running (pid {old.instance.pid})",
+                )
+            old.instance.remove_files()
+        netns = host
+        inst = QemuInstance.spawn(qemu, spec, accel, reg.root, netns=netns)
+        rec = VMRecord(spec.name, spec, inst, host=host)
+        reg.create(rec)
+    if wait:
+        try:
+            inst.wait_guest_ready()
+        except Exception:
+            stop_vm(spec.name, reg)
+            raise
+    logging.getLogger(__name__).getChild(spec.name).info("started %r", inst)
+    return rec
+
+
+async def _quit(path: Path, name: str) -> None:
+    mon = Monitor(name, "ctl", path)
+    try:
+        await mon.connect(timeout=2.0)
+        await mon.execute("quit")
+    except QemuDied:
+        pass
+    finally:
+        await mon.close()
+
+
+def stop_vm(name: str, registry: Registry | None = None) -> VMRecord:
+    """Quit the VM's QEMU (QMP quit, then its PID) and forget it."""
+    reg = registry or Registry()
+    with reg.lock(name):
+        rec = reg.load(name)
+        inst = rec.instance
+        if inst.alive():
+            try:
+                asyncio.run(asyncio.wait_for(_quit(inst.paths.qmp_aux, name), 5))
+            except Exception:
+                log.debug("QMP quit of %s failed; ending pid %d", name, inst.pid)
+            if not inst.wait_exit(5.0):
+                inst.kill()
+        inst.remove_files()
+        mig = rec.migration or {}
+        if mig.get("dst"):
+            dst = QemuInstance.from_dict(mig["dst"])
+            dst.kill()
+        reg.remove(name)
+    return rec
