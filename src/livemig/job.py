@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -181,9 +182,7 @@ class MigrationJob:
         state = mig.state
         if state is S.COMPLETED:
             old = rec.instance
-            rec.instance = QemuInstance(
-                dst.name, dst.id, dst.dir, dst.pid, dst.accel, False, dst.netns, dst._popen
-            )
+            rec.instance = dataclasses.replace(dst, incoming=False)
             rec.host = self.to_host
             rec.migration = {"state": "completed", "from": old.to_dict(), "finished": time.time()}
             report.where = f"destination (pid {dst.pid})"

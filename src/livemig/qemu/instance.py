@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,13 @@ from livemig.spec import VMSpec
 __all__ = ["QemuInstance"]
 
 log = logging.getLogger(__name__)
+
+
+def _proc_start(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _tail(path: Path, lines: int = 5) -> str:
@@ -44,7 +50,9 @@ class QemuInstance:
     accel: str
     incoming: bool = False
     netns: str | None = None
-    _popen: subprocess.Popen[bytes] | None = None
+    start_ticks: int | None = None  # /proc/PID/stat starttime: tells our QEMU from a reused PID
+    _child: bool = False  # spawned by this process: reap it by PID when it exits
+    _returncode: int | None = None
 
     def __repr__(self) -> str:
         role = "incoming" if self.incoming else "running"
@@ -74,20 +82,28 @@ class QemuInstance:
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
         log.debug("spawning %s", argv)
-        with open(paths.log, "wb") as out:
-            popen = subprocess.Popen(
+        fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            # Detached (own session): it outlives livemig and ^C in its terminal. No Popen:
+            # livemig does not own the QEMU's lifetime, it only tracks it by PID.
+            pid = os.posix_spawnp(
+                argv[0],
                 argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # outlives livemig, and ^C in its terminal
-                close_fds=True,
+                dict(os.environ),
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, fd, 1),
+                    (os.POSIX_SPAWN_DUP2, fd, 2),
+                ],
+                setsid=True,
             )
-        inst = cls(spec.name, iid, idir, popen.pid, accel, incoming, netns, popen)
+        finally:
+            os.close(fd)
+        inst = cls(spec.name, iid, idir, pid, accel, incoming, netns, _proc_start(pid), _child=True)
         deadline = time.monotonic() + timeout
         while not all(p.exists() for p in paths.sockets):
-            if popen.poll() is not None:
-                msg = _tail(paths.log) or f"exit code {popen.returncode}"
+            if not inst.alive():
+                msg = _tail(paths.log) or f"exit code {inst.returncode()}"
                 shutil.rmtree(idir, ignore_errors=True)
                 raise QemuStartError(
                     spec.name, f"{spec.name}: QEMU exited at start: {msg.splitlines()[-1]}", msg
@@ -100,24 +116,34 @@ class QemuInstance:
             sock.chmod(0o600)
         return inst
 
+    def _reap(self) -> None:
+        if self._child and self._returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self._returncode = -1
+                return
+            if pid:
+                self._returncode = os.waitstatus_to_exitcode(status)
+
     def alive(self) -> bool:
-        if self._popen is not None:
-            return self._popen.poll() is None
+        self._reap()
+        if self._returncode is not None:
+            return False
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
             return True
-        # Guard against PID reuse: the process must be our QEMU (its argv names our dir).
+        # Guard against PID reuse: same PID and same start time, and not a zombie.
         try:
-            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[-1].split()
         except OSError:
             return False
-        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+        if fields[0] == "Z":
             return False
-        return str(self.dir).encode() in cmdline
+        return self.start_ticks is None or int(fields[19]) == self.start_ticks
 
     def wait_guest_ready(self, timeout: float = 60.0) -> None:
         """Wait until the guest's init says it started its workload (console line)."""
@@ -135,7 +161,8 @@ class QemuInstance:
             time.sleep(0.05)
 
     def returncode(self) -> int | None:
-        return self._popen.poll() if self._popen is not None else None
+        self._reap()
+        return self._returncode
 
     def kill(self, grace: float = 3.0, remove: bool = True) -> None:
         """End this QEMU (SIGTERM, then SIGKILL after ``grace``), by its PID only."""
@@ -150,9 +177,6 @@ class QemuInstance:
                     os.kill(self.pid, signal.SIGKILL)
                 while self.alive():
                     time.sleep(0.01)
-        if self._popen is not None:
-            with contextlib.suppress(Exception):
-                self._popen.wait(timeout=1)
         if remove:
             self.remove_files()
 
@@ -162,9 +186,6 @@ class QemuInstance:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.02)
-        if self._popen is not None:
-            with contextlib.suppress(Exception):
-                self._popen.wait(timeout=1)
         return True
 
     def remove_files(self) -> None:
@@ -183,11 +204,12 @@ class QemuInstance:
             "accel": self.accel,
             "incoming": self.incoming,
             "netns": self.netns,
+            "start_ticks": self.start_ticks,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QemuInstance:
         return cls(
             d["name"], d["id"], Path(d["dir"]), int(d["pid"]), d["accel"],
-            bool(d.get("incoming")), d.get("netns"),
+            bool(d.get("incoming")), d.get("netns"), d.get("start_ticks"),
         )  # fmt: skip

@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from livemig.errors import QemuDied, QMPCommandError
 from qemu.qmp import EventListener, ExecInterruptedError, ExecuteError, QMPClient, QMPError
 from qemu.qmp.protocol import Runstate
+
+from livemig.errors import QemuDied, QMPCommandError
 
 __all__ = ["Monitor"]
 

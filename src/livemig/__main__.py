@@ -1,0 +1,5 @@
+import sys
+
+from livemig.cli import main
+
+sys.exit(main())

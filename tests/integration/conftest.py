@@ -1,0 +1,90 @@
+"""Real QEMU fixtures: a private runtime directory per test and a VM factory that
+tears every VM down, fails the test if any QEMU is left behind, and saves the
+QEMU logs and consoles of a failed test under test-artifacts/."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from livemig.guest import build_image, parse_workload
+from livemig.registry import Registry, VMRecord
+from livemig.spec import VMSpec
+from livemig.vm import start_vm, stop_vm
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+# A link slower than the guest dirties memory: QEMU's max-bandwidth stands in for it here.
+BANDWIDTH = 100_000_000
+NONCONVERGING = "dirty:mib=96,pattern=seq"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def guest_image() -> None:
+    build_image()
+
+
+@pytest.fixture
+def runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    # Short path: UNIX socket paths must stay under 108 bytes.
+    d = Path(tempfile.mkdtemp(prefix="lm", dir="/tmp"))
+    monkeypatch.setenv("LIVEMIG_RUNTIME_DIR", str(d))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _live_qemu_pids(root: Path) -> list[int]:
+    pids = []
+    for pidfile in root.glob("qemu/*/qemu.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pidfile.read_text().strip())
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if "(qemu-system" in stat and stat.rsplit(")", 1)[-1].split()[0] != "Z":
+                pids.append(pid)
+    return pids
+
+
+@dataclass
+class VMFactory:
+    runtime: Path
+    registry: Registry
+    names: list[str] = field(default_factory=list)
+
+    def start(self, name: str = "vm", workload: str = "idle", memory: int = 256) -> VMRecord:
+        spec = VMSpec(name, memory_mib=memory, workload=parse_workload(workload), accel="tcg")
+        self.names.append(name)
+        return start_vm(spec, self.registry)
+
+    def record(self, name: str = "vm") -> VMRecord:
+        return self.registry.load(name)
+
+
+@pytest.fixture
+def vms(runtime: Path, request: pytest.FixtureRequest) -> Iterator[VMFactory]:
+    factory = VMFactory(runtime, Registry(runtime))
+    yield factory
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        dest = ARTIFACTS / request.node.name
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in list(runtime.glob("qemu/*/*.log")) + list(runtime.glob("vms/*.json")):
+            with contextlib.suppress(OSError):
+                shutil.copy(f, dest / f"{f.parent.name}-{f.name}")
+    for name in factory.names:
+        with contextlib.suppress(Exception):
+            stop_vm(name, factory.registry)
+    leftovers = _live_qemu_pids(runtime)
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    time.sleep(0.1 if leftovers else 0)
+    assert not leftovers, f"QEMU processes left behind: {leftovers}"

@@ -1,0 +1,163 @@
+"""Real migrations of real QEMU guests, between two QEMU processes over TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from livemig.engine.events import MigrationEvent
+from livemig.engine.migration import MigrationOptions
+from livemig.errors import MigrationError
+from livemig.observe.heartbeat import HeartbeatReader
+from livemig.policy import parse_policy
+from livemig.sync import SyncMigration
+
+from .conftest import BANDWIDTH, NONCONVERGING, VMFactory
+
+pytestmark = pytest.mark.integration
+
+
+def opts(policy: str) -> MigrationOptions:
+    return MigrationOptions(policy=parse_policy(policy), max_bandwidth=BANDWIDTH)
+
+
+def beats_on(path: Path, seconds: float = 1.0) -> list[int]:
+    async def read() -> list[int]:
+        r = HeartbeatReader(path, "after")
+        await r.start()
+        await asyncio.sleep(seconds)
+        await r.stop()
+        return [b.seq for b in r.beats]
+
+    return asyncio.run(read())
+
+
+def assert_runs_on_destination(vms: VMFactory, src_pid: int, last_seq: int) -> None:
+    rec = vms.record()
+    assert rec.instance.pid != src_pid and rec.instance.alive()
+    assert (
+        not Path(f"/proc/{src_pid}").exists() or b"qemu" not in Path(f"/proc/{src_pid}/cmdline").read_bytes()
+    )
+    seqs = beats_on(rec.instance.paths.heartbeat)
+    assert len(seqs) > 50, "the guest's heartbeat did not continue on the destination"
+    assert min(seqs) > last_seq
+
+
+@pytest.mark.parametrize(
+    ("policy", "workload", "switched_at"),
+    [
+        ("precopy", "idle", None),
+        ("postcopy-now", NONCONVERGING, 0),
+        ("postcopy-after:1", NONCONVERGING, 1),
+        ("postcopy-after:2", NONCONVERGING, 2),
+    ],
+)
+def test_policy_completes_and_guest_keeps_running(
+    vms: VMFactory, policy: str, workload: str, switched_at: int | None
+) -> None:
+    src = vms.start(workload=workload)
+    report = SyncMigration("vm", options=opts(policy), registry=vms.registry, policy=policy).migrate()
+    assert report.status == "completed", report.error
+    assert report.policy == policy
+    assert report.switched_at_pass == switched_at
+    assert report.qemu_version.split(".")[0] >= "9" or int(report.qemu_version.split(".")[0]) >= 9
+    assert report.accel == "tcg"
+    assert report.bytes_transferred and report.bytes_transferred > 0
+    if switched_at is not None:
+        assert report.preempt is True and "postcopy-preempt" in report.channels
+        assert report.switch_reason and policy in report.switch_reason
+        assert report.postcopy_bytes and report.postcopy_bytes > 0
+    assert report.blackout_ms is not None and 0 < report.blackout_ms < 5000
+    g = report.guest
+    assert g["heartbeats"] > 10 and g["max_stall_ms"] is not None
+    assert g["lost"] <= g["heartbeats"] // 10, g
+    # events arrive in order, each QEMU event with its delivery latency measured
+    names = [e["name"] for e in report.events]
+    assert names[0] == "setup" and names[-1] == "completed", names
+    before = [("pass", "source-stopped"), ("source-stopped", "destination-resumed")]
+    if switched_at is not None:
+        before += [("postcopy-requested", "postcopy-started"), ("postcopy-started", "destination-resumed")]
+        if switched_at > 0:
+            before += [("pass", "postcopy-requested")]
+    for a, b in before:
+        assert names.index(a) < names.index(b), (a, b, names)
+    for e in report.events:
+        if e["name"] != "postcopy-requested":
+            assert e["qemu_ts"] is not None and e["latency_ms"] is not None
+            assert -5 < e["latency_ms"] < 1000
+    passes = [e["data"]["n"] for e in report.events if e["name"] == "pass"]
+    assert passes == sorted(passes) and passes[0] == 1
+    assert_runs_on_destination(vms, src.instance.pid, max(passes))
+
+
+def test_start_postcopy_from_another_thread(vms: VMFactory) -> None:
+    src = vms.start(workload=NONCONVERGING)
+    mig = SyncMigration("vm", policy="manual", options=opts("manual"), registry=vms.registry)
+    second_pass = threading.Event()
+    mig.on("pass", lambda ev: ev.data["n"] >= 2 and second_pass.set())  # type: ignore[func-returns-value]
+    seen: list[MigrationEvent] = []
+    mig.on(None, seen.append)
+    worker = threading.Thread(target=mig.migrate, name="migrate")
+    worker.start()
+    assert second_pass.wait(60), "pre-copy never finished a pass"
+    assert mig.state == "precopy"  # manual: nothing switches by itself
+    mig.start_postcopy()  # blocks until QEMU confirms
+    assert mig.state in ("postcopy", "completed")
+    worker.join(120)
+    assert not worker.is_alive()
+    report = mig.report
+    assert report is not None and report.status == "completed", report and report.error
+    assert report.switched_at_pass is not None and report.switched_at_pass >= 1
+    assert report.switch_reason == "requested by caller"
+    assert [e.name for e in seen if e.name == "postcopy-started"] == ["postcopy-started"]
+    assert_runs_on_destination(vms, src.instance.pid, 0)
+
+
+def test_cancel_during_precopy_leaves_source_running(vms: VMFactory) -> None:
+    src = vms.start(workload=NONCONVERGING)
+    mig = SyncMigration("vm", policy="manual", options=opts("manual"), registry=vms.registry)
+    first_pass = threading.Event()
+    mig.on("pass", lambda ev: first_pass.set())
+    worker = threading.Thread(target=mig.migrate)
+    worker.start()
+    assert first_pass.wait(60)
+    mig.cancel()
+    worker.join(60)
+    report = mig.report
+    assert report is not None and report.status == "cancelled"
+    assert report.where and report.where.startswith("source")
+    rec = vms.record()
+    assert rec.instance.pid == src.instance.pid and rec.instance.alive()
+    assert rec.migration is None
+    assert len(list(vms.runtime.glob("qemu/*"))) == 1, "the destination QEMU was not cleaned up"
+    assert len(beats_on(rec.instance.paths.heartbeat)) > 50
+
+
+def test_cancel_is_refused_after_the_switch(vms: VMFactory) -> None:
+    vms.start(workload=NONCONVERGING)
+    slow = MigrationOptions(policy=parse_policy("postcopy-now"), max_bandwidth=BANDWIDTH // 4)
+    mig = SyncMigration("vm", options=slow, registry=vms.registry, policy="postcopy-now")
+    switched = threading.Event()
+    mig.on("postcopy-started", lambda ev: switched.set())
+    worker = threading.Thread(target=mig.migrate)
+    worker.start()
+    assert switched.wait(60)
+    with pytest.raises(MigrationError) as info:
+        mig.cancel()
+    assert "lose" in str(info.value)
+    worker.join(120)
+    assert mig.report is not None and mig.report.status == "completed"
+
+
+@pytest.mark.parametrize(("policy", "workload"), [("precopy", "verify:mib=48,rate=4"),
+                                                  ("postcopy-after:1", "verify:mib=96")])  # fmt: skip
+def test_verify_finds_memory_intact(vms: VMFactory, policy: str, workload: str) -> None:
+    vms.start(workload=workload)
+    time.sleep(1.0)  # let the writer rewrite pages for a while
+    report = SyncMigration("vm", options=opts(policy), registry=vms.registry, policy=policy).migrate()
+    assert report.status == "completed", report.error
+    assert report.guest.get("verify", "").startswith("verify ok"), report.guest

@@ -1,0 +1,61 @@
+import pytest
+
+from livemig.errors import PolicyError
+from livemig.policy import DEFAULT_POLICY, Action, Policy, Progress, parse_policy
+
+
+def snap(passes: int, elapsed: float = 1.0) -> Progress:
+    return Progress(passes_done=passes, elapsed_s=elapsed, remaining_bytes=10 << 20)
+
+
+@pytest.mark.parametrize(
+    ("policy", "passes", "elapsed", "action"),
+    [
+        ("precopy", 0, 1.0, Action.CONTINUE),
+        ("precopy", 50, 119.9, Action.CONTINUE),
+        ("precopy", 50, 120.0, Action.ABORT),
+        ("precopy:timeout=5", 3, 5.5, Action.ABORT),
+        ("manual", 0, 1.0, Action.CONTINUE),
+        ("manual", 99, 999.0, Action.CONTINUE),
+        ("postcopy-now", 0, 0.0, Action.SWITCH),
+        ("postcopy-after:1", 0, 5.0, Action.CONTINUE),
+        ("postcopy-after:1", 1, 5.0, Action.SWITCH),
+        ("postcopy-after:1", 3, 5.0, Action.SWITCH),
+        ("postcopy-after:3", 2, 5.0, Action.CONTINUE),
+        ("postcopy-after:3", 3, 5.0, Action.SWITCH),
+        ("postcopy-after", 1, 5.0, Action.SWITCH),
+    ],
+)
+def test_decision_table(policy: str, passes: int, elapsed: float, action: Action) -> None:
+    decision = parse_policy(policy).decide(snap(passes, elapsed))
+    assert decision.action is action
+    assert decision.reason  # every decision explains itself
+
+
+def test_default_is_one_pass_then_postcopy() -> None:
+    assert Policy("postcopy-after", 1) == DEFAULT_POLICY
+    assert str(DEFAULT_POLICY) == "postcopy-after:1"
+    assert parse_policy("postcopy-after") == DEFAULT_POLICY
+
+
+@pytest.mark.parametrize(
+    "text", ["", "postcopy-after:0", "postcopy-after:-1", "postcopy-after:x", "postcopy-after:1.5",
+             "fast", "precopy:timeout=abc", "precopy:timeout=0", "postcopy-after:1001"],
+)  # fmt: skip
+def test_bad_policies(text: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text)
+    assert info.value.text == text
+    assert "\n" not in str(info.value)
+
+
+def test_allows_postcopy() -> None:
+    assert not parse_policy("precopy").allows_postcopy
+    for p in ("manual", "postcopy-now", "postcopy-after:2"):
+        assert parse_policy(p).allows_postcopy
+
+
+def test_policy_is_pure() -> None:
+    p = parse_policy("postcopy-after:2")
+    s = snap(2)
+    assert p.decide(s) == p.decide(s)
