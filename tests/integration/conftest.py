@@ -41,13 +41,21 @@ def runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
+def qemu_running(pid: int) -> bool:
+    """A live (not zombie) QEMU at ``pid``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return "(qemu-system" in stat and stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 def _live_qemu_pids(root: Path) -> list[int]:
     pids = []
     for pidfile in root.glob("qemu/*/qemu.pid"):
         with contextlib.suppress(OSError, ValueError):
             pid = int(pidfile.read_text().strip())
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            if "(qemu-system" in stat and stat.rsplit(")", 1)[-1].split()[0] != "Z":
+            if qemu_running(pid):
                 pids.append(pid)
     return pids
 

@@ -16,7 +16,7 @@ from livemig.observe.heartbeat import HeartbeatReader
 from livemig.policy import parse_policy
 from livemig.sync import SyncMigration
 
-from .conftest import BANDWIDTH, NONCONVERGING, VMFactory
+from .conftest import BANDWIDTH, NONCONVERGING, VMFactory, qemu_running
 
 pytestmark = pytest.mark.integration
 

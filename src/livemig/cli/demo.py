@@ -23,7 +23,7 @@ from livemig.vm import start_vm, stop_vm
 
 __all__ = ["demo"]
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 POLICIES = ("postcopy-now", "postcopy-after:1", "precopy")
 
 

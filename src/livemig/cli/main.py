@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import logging
 import os
 import time
@@ -29,8 +30,8 @@ from livemig.vm import start_vm, stop_vm
 
 __all__ = ["cli"]
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
 
 def _registry(ctx: click.Context) -> Registry:

@@ -200,6 +200,8 @@ static void run_stream(struct opts *o)
     unsigned char *mem = alloc_mib(o->ring);
     uint64_t period = 1000000000ULL / (uint64_t)(o->fps > 0 ? o->fps : 1), next = now_ns();
     uint64_t sum = 0;
+    /* Start with a full buffer of rendered frames, as a player does: no zero pages. */
+    for (size_t b = 0; b < slots * frame; b += 64) mem[b] = (unsigned char)(b / frame + b + 1);
     say("# stream fps=%ld kib=%ld ring=%ld slots=%zu\n", o->fps, o->kib, o->ring, slots);
     for (size_t n = 0;; n++) {
         unsigned char *dst = mem + (n % slots) * frame;

@@ -1,0 +1,133 @@
+"""The CLI as a user runs it: separate processes, one-line errors, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import NONCONVERGING, VMFactory, qemu_running
+
+pytestmark = pytest.mark.integration
+
+
+def livemig(*args: str, runtime: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LIVEMIG_RUNTIME_DIR": str(runtime)}
+    return subprocess.run(
+        [sys.executable, "-m", "livemig", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("livemig: error: ")
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def no_qemu_dirs(runtime: Path) -> bool:
+    return not list(runtime.glob("qemu/*"))
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["vm", "start", "x", "--memory", "lots"], ["memory"]),
+        (["vm", "start", "x", "--memory", "16"], ["memory", "range"]),
+        (["vm", "start", "x", "--kernel", "/nonexistent/vmlinuz"], ["kernel", "does not exist"]),
+        (["vm", "start", "x", "--workload", "dirty:mib=lots"], ["workload", "mib"]),
+        (["vm", "start", "bad name!"], ["name"]),
+        (["migrate", "nosuch"], ["no VM named 'nosuch'"]),
+        (["postcopy", "nosuch"], ["no VM named"]),
+        (["vm", "stop", "nosuch"], ["no VM named"]),
+        (["migrate", "nosuch", "--policy", "sometimes"], ["policy", "unknown"]),
+        (["migrate", "nosuch", "--policy", "postcopy-after:0"], ["postcopy-after:0", "between 1 and"]),
+        (["migrate", "nosuch", "--bandwidth", "fast"], ["--bandwidth", "not a rate"]),
+        (["migrate", "nosuch", "--port", "70000"], ["--port"]),
+        (["vm", "start"], ["Missing argument"]),
+        (["frobnicate"], ["No such command"]),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_starts_nothing(runtime: Path, args: list[str], words: list[str]) -> None:
+    proc = livemig(*args, runtime=runtime)
+    assert_one_line_error(proc, 2, *words)
+    assert no_qemu_dirs(runtime)
+
+
+def test_postcopy_from_a_second_process(vms: VMFactory) -> None:
+    vms.start(workload=NONCONVERGING)
+    env = {**os.environ, "LIVEMIG_RUNTIME_DIR": str(vms.runtime)}
+    migrate = subprocess.Popen(
+        [sys.executable, "-m", "livemig", "migrate", "vm", "--policy", "manual", "--bandwidth", "100MB/s",
+         "--json", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        events = subprocess.Popen(
+            [sys.executable, "-m", "livemig", "events", "vm"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        ctl = vms.registry.control_socket("vm")
+        deadline = time.monotonic() + 60
+        while not ctl.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # let pre-copy run a pass
+        status = livemig("vm", "list", "--json", runtime=vms.runtime)
+        assert json.loads(status.stdout)[0]["status"].startswith("migrating")
+        proc = livemig("postcopy", "vm", runtime=vms.runtime)
+        assert proc.returncode == 0, proc.stderr
+        assert "postcopy" in proc.stdout or "completed" in proc.stdout
+        out, errs = migrate.communicate(timeout=120)
+        assert migrate.returncode == 0, errs
+        report = json.loads(out)
+        assert report["status"] == "completed"
+        assert report["switch_reason"].startswith("livemig postcopy (pid")
+        assert report["switched_at_pass"] is not None
+        ev_out, _ = events.communicate(timeout=30)
+        lines = [json.loads(line) for line in ev_out.splitlines()]
+        assert lines[-1] == {"end": "completed"}
+        assert "postcopy-started" in [line.get("name") for line in lines]
+    finally:
+        for p in (migrate,):
+            if p.poll() is None:
+                p.kill()
+    # and now the VM is not migrating: a clear error, exit 2
+    assert_one_line_error(livemig("postcopy", "vm", runtime=vms.runtime), 2, "not migrating")
+
+
+def test_busy_destination_port_fails_cleanly_and_keeps_the_vm(vms: VMFactory) -> None:
+    rec = vms.start()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = livemig("migrate", "vm", "--port", str(port), "--quiet", runtime=vms.runtime)
+    assert_one_line_error(proc, 1, "cannot listen")
+    after = vms.record()
+    assert after.instance.pid == rec.instance.pid and after.instance.alive()
+    assert after.migration is None
+    assert [p.name for p in vms.runtime.glob("qemu/*")] == [rec.instance.dir.name]
+
+
+def test_vm_lifecycle_commands(vms: VMFactory) -> None:
+    start = livemig("vm", "start", "cli1", "--memory", "128", "--accel", "tcg", runtime=vms.runtime)
+    vms.names.append("cli1")
+    assert start.returncode == 0, start.stderr
+    again = livemig("vm", "start", "cli1", "--memory", "128", "--accel", "tcg", runtime=vms.runtime)
+    assert_one_line_error(again, 2, "already running")
+    listing = json.loads(livemig("vm", "list", "--json", runtime=vms.runtime).stdout)
+    assert [v["name"] for v in listing] == ["cli1"] and listing[0]["status"] == "running"
+    pid = listing[0]["instance"]["pid"]
+    stop = livemig("vm", "stop", "cli1", runtime=vms.runtime)
+    assert stop.returncode == 0
+    assert not qemu_running(pid)
+    assert json.loads(livemig("vm", "list", "--json", runtime=vms.runtime).stdout) == []
+    assert no_qemu_dirs(vms.runtime)
