@@ -20,7 +20,12 @@ pytestmark = pytest.mark.integration
 def livemig(*args: str, runtime: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LIVEMIG_RUNTIME_DIR": str(runtime)}
     return subprocess.run(
-        [sys.executable, "-m", "livemig", *args], capture_output=True, text=True, env=env, timeout=timeout
+        [sys.executable, "-m", "livemig", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
     )
 
 
@@ -56,7 +61,9 @@ def no_qemu_dirs(runtime: Path) -> bool:
         (["frobnicate"], ["No such command"]),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_starts_nothing(runtime: Path, args: list[str], words: list[str]) -> None:
+def test_bad_input_is_one_line_exit_2_and_starts_nothing(
+    runtime: Path, args: list[str], words: list[str]
+) -> None:
     proc = livemig(*args, runtime=runtime)
     assert_one_line_error(proc, 2, *words)
     assert no_qemu_dirs(runtime)

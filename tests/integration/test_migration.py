@@ -16,7 +16,7 @@ from livemig.observe.heartbeat import HeartbeatReader
 from livemig.policy import parse_policy
 from livemig.sync import SyncMigration
 
-from .conftest import BANDWIDTH, NONCONVERGING, VMFactory, qemu_running
+from .conftest import BANDWIDTH, NONCONVERGING, VMFactory
 
 pytestmark = pytest.mark.integration
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
