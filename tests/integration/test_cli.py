@@ -82,6 +82,10 @@ def test_postcopy_from_a_second_process(vms: VMFactory) -> None:
             [sys.executable, "-m", "livemig", "events", "vm"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
+        every_vm = subprocess.Popen(
+            [sys.executable, "-m", "livemig", "events"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
         ctl = vms.registry.control_socket("vm")
         deadline = time.monotonic() + 60
         while not ctl.exists() and time.monotonic() < deadline:
@@ -102,8 +106,13 @@ def test_postcopy_from_a_second_process(vms: VMFactory) -> None:
         lines = [json.loads(line) for line in ev_out.splitlines()]
         assert lines[-1] == {"end": "completed"}
         assert "postcopy-started" in [line.get("name") for line in lines]
+        every_vm.terminate()  # it follows all VMs until interrupted
+        all_out, _ = every_vm.communicate(timeout=30)
+        tagged = [json.loads(line) for line in all_out.splitlines()]
+        assert {"vm": "vm", "end": "completed"} in tagged
+        assert [t["name"] for t in tagged if "name" in t] == [line["name"] for line in lines[:-1]]
     finally:
-        for p in (migrate,):
+        for p in (migrate, events, every_vm):
             if p.poll() is None:
                 p.kill()
     # and now the VM is not migrating: a clear error, exit 2

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from livemig.cli.progress import show_progress
 from livemig.control import request, stream
 from livemig.engine.events import MigrationEvent
 from livemig.engine.migration import MigrationOptions
 from livemig.engine.report import MigrationReport
-from livemig.errors import MigrationFailed, UsageError
+from livemig.errors import LivemigError, MigrationFailed, UsageError
 from livemig.guest import build_image, parse_workload
 from livemig.job import MigrationJob
 from livemig.policy import parse_policy
@@ -305,7 +308,13 @@ def run_migration(
         job = MigrationJob(name, opts, reg, to_host)
         if not quiet:
             job.on_event(lambda ev: _print_event(t0, ev))
-        return await job.run()
+        bar = asyncio.create_task(show_progress(job, err)) if not quiet and err.is_terminal else None
+        try:
+            return await job.run()
+        finally:
+            if bar is not None:
+                bar.cancel()
+                await asyncio.gather(bar, return_exceptions=True)
 
     if not quiet:
         err.print(f"migrating {name} with policy {opts.policy} ...")
@@ -335,7 +344,7 @@ def cancel(ctx: click.Context, name: str) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option(
     "--wait/--no-wait",
     default=True,
@@ -343,18 +352,45 @@ def cancel(ctx: click.Context, name: str) -> None:
     help="Wait for a migration of NAME to start.",
 )
 @click.pass_context
-def events(ctx: click.Context, name: str, wait: bool) -> None:
-    """Stream NAME's migration events as JSON lines until it ends (or ^C)."""
+def events(ctx: click.Context, name: str | None, wait: bool) -> None:
+    """Stream migration events as JSON lines: NAME's until its migration ends, or,
+    without NAME, every VM's (each line names its VM) until interrupted."""
     reg = _registry(ctx)
+    if name is None:
+        _follow_all(reg)
+        return
     reg.load(name)
     path = reg.control_socket(name)
     while wait and not path.exists():
         time.sleep(0.1)  # waiting for a migration to begin; events themselves are pushed
     for msg in stream(path, name, "events"):
         if "event" in msg:
-            click.echo(json.dumps(msg["event"]), nl=True)
+            click.echo(json.dumps(msg["event"]))
         else:
             click.echo(json.dumps({"end": msg.get("end")}))
+
+
+def _follow_all(reg: Registry, scan_s: float = 0.2) -> None:
+    """One reader thread per running migration; a scan finds migrations that begin."""
+    lock = threading.Lock()
+    followed: set[tuple[str, int]] = set()
+
+    def follow(vm: str, path: Path) -> None:
+        with contextlib.suppress(LivemigError, OSError):
+            for msg in stream(path, vm, "events"):
+                line = {"vm": vm, **msg["event"]} if "event" in msg else {"vm": vm, "end": msg.get("end")}
+                with lock:
+                    click.echo(json.dumps(line))
+
+    while True:
+        for vm in reg.names():
+            path = reg.control_socket(vm)
+            with contextlib.suppress(FileNotFoundError):
+                key = (vm, path.stat().st_ino)
+                if key not in followed:
+                    followed.add(key)
+                    threading.Thread(target=follow, args=(vm, path), daemon=True).start()
+        time.sleep(scan_s)
 
 
 # -- demo ---------------------------------------------------------------------

@@ -150,6 +150,13 @@ class Migration:
         return self._sm.state
 
     @property
+    def latest(self) -> dict[str, Any] | None:
+        """The latest progress figures (from the sampler's ``query-migrate``), for displays."""
+        if self._last is None:
+            return None
+        return {**self._last.to_dict(), "passes": self._passes}
+
+    @property
     def events_so_far(self) -> list[MigrationEvent]:
         return list(self._events)
 
