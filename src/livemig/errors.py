@@ -12,6 +12,7 @@ structured fields besides its message, so callers can act on it::
      |    +-- QemuTooOld         .version, .required
      |    +-- UnsupportedError   .capability: a QEMU capability that is missing
      |    +-- GuestImageMissing
+     |    +-- LabError           .host: the lab host concerned, if one
      +-- VMError                 .vm: the VM's name
      |    +-- VMNotFound
      |    +-- VMExists
@@ -36,6 +37,7 @@ from typing import Any
 __all__ = [
     "EnvironmentProblem",
     "GuestImageMissing",
+    "LabError",
     "LivemigError",
     "MigrationError",
     "MigrationFailed",
@@ -104,6 +106,12 @@ class UnsupportedError(EnvironmentProblem):
 
 class GuestImageMissing(EnvironmentProblem):
     pass
+
+
+class LabError(EnvironmentProblem):
+    def __init__(self, message: str, host: str | None = None) -> None:
+        super().__init__(message)
+        self.host = host
 
 
 class VMError(LivemigError):

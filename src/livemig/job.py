@@ -18,7 +18,8 @@ from livemig.engine.events import MigrationEvent
 from livemig.engine.migration import Endpoint, Migration, MigrationOptions
 from livemig.engine.report import MigrationReport
 from livemig.engine.state import MigrationState
-from livemig.errors import LivemigError, MigrationError, NotMigrating, QemuDied
+from livemig.errors import LivemigError, MigrationError, NotMigrating, QemuDied, UsageError
+from livemig.lab import Lab
 from livemig.observe.heartbeat import HeartbeatReader, guest_stats
 from livemig.qemu.binary import find_qemu
 from livemig.qemu.instance import QemuInstance
@@ -54,6 +55,7 @@ class MigrationJob:
         self.report: MigrationReport | None = None
         self._ready = asyncio.Event()
         self._callbacks: list[Callable[[MigrationEvent], None]] = []
+        self._probe_task: asyncio.Task[None] | None = None
         self.log = log.getChild(name)
 
     def __repr__(self) -> str:
@@ -94,9 +96,10 @@ class MigrationJob:
             owner = int(rec.migration.get("owner_pid", 0))
             if owner and _pid_alive(owner):
                 raise MigrationError(f"{self.name} is already migrating (livemig pid {owner})")
+        dst_netns, link = self._placement(rec)
         qemu = find_qemu()
         dst_inst = await asyncio.to_thread(
-            QemuInstance.spawn, qemu, rec.spec, rec.instance.accel, reg.root, True, self.to_host
+            QemuInstance.spawn, qemu, rec.spec, rec.instance.accel, reg.root, True, dst_netns
         )
         rec.migration = {
             "state": "setup", "owner_pid": os.getpid(), "dst": dst_inst.to_dict(),
@@ -124,6 +127,8 @@ class MigrationJob:
             )
             for cb in self._callbacks:
                 mig.on_event(cb)
+            if rec.spec.workload.mode == "faultprobe":
+                mig.on_event(lambda ev: self._probe_go(ev, readers[1]))
             mig.on_event(lambda ev: self._record_state(rec, mig))
             self.migration = mig
             self._ready.set()
@@ -135,6 +140,11 @@ class MigrationJob:
             if report.status == "completed":
                 await asyncio.sleep(STALL_GRACE_S)
             report.guest = guest_stats([b for r in readers for b in r.beats], start_ts=t0).to_dict()
+            report.link = link
+            rates = [r for r in (link and link["rate_bps"], self.options.max_bandwidth) if r]
+            report.set_bound(min(rates) if rates else None)
+            if rec.spec.workload.mode == "faultprobe" and report.status == "completed":
+                report.guest["faultprobe"] = await _faultprobe_result(readers[1])
             if report.status == "completed" and rec.spec.workload.mode == "verify":
                 await self._verify(readers[1], report)
             self._finish(rec, dst_inst, mig, report, src_mon)
@@ -151,6 +161,34 @@ class MigrationJob:
             await asyncio.gather(src_mon.close(), dst_mon.close())
         self.report = report
         return report
+
+    def _placement(self, rec: VMRecord) -> tuple[str | None, dict[str, Any] | None]:
+        """Where the destination runs: on this machine, or on the lab host ``to_host``
+        (then it listens on that host's address, across the shaped link)."""
+        if self.to_host is None:
+            if rec.host is not None:
+                raise UsageError(f"{self.name} runs on lab host {rec.host}: say where to (--to HOST)")
+            return None, None
+        lab = Lab.load(self.registry.root)
+        dst = lab.host(self.to_host)
+        if rec.host is None:
+            raise UsageError(f"{self.name} is not on a lab host; start it with `vm start --host HOST`")
+        if rec.host == self.to_host:
+            raise UsageError(f"{self.name} already runs on {self.to_host}")
+        lab.host(rec.host)
+        self.options = dataclasses.replace(self.options, address=dst.address)
+        shaping = lab.plan.shaping
+        link = {
+            "from": rec.host, "to": self.to_host, "shaping": str(shaping), "rate_bps": shaping.rate_bps,
+            "burst_bytes": shaping.burst_bytes, "latency_ms": shaping.latency_ms,
+            "wmem_max": lab.plan.wmem_max.get(rec.host),
+        }  # fmt: skip
+        return dst.netns, link
+
+    def _probe_go(self, ev: MigrationEvent, dst: HeartbeatReader) -> None:
+        """faultprobe: start touching pages the moment the guest resumes on the destination."""
+        if ev.name == "destination-resumed":
+            self._probe_task = asyncio.get_running_loop().create_task(dst.send("go"))
 
     def _record_state(self, rec: VMRecord, mig: Migration) -> None:
         if rec.migration is not None and rec.migration.get("state") != str(mig.state):
@@ -222,6 +260,22 @@ class MigrationJob:
                 cur = self.registry.load(self.name)
                 cur.migration = None
                 self.registry.save(cur)
+
+
+async def _faultprobe_result(dst: HeartbeatReader, timeout: float = 60.0) -> dict[str, Any] | None:
+    """The guest's first-touch latencies after it resumed on the destination."""
+    msg = await dst.wait_message("faultprobe n=", 0.0, timeout)
+    return parse_faultprobe(msg) if msg else None
+
+
+def parse_faultprobe(msg: str) -> dict[str, Any]:
+    """``faultprobe n=.. mean_ns=.. p50_ns=.. p99_ns=.. max_ns=.. hist_log2us=a,b,..`` -> ms figures."""
+    kv = dict(item.split("=", 1) for item in msg.split()[1:] if "=" in item)
+    out: dict[str, Any] = {"touches": int(kv["n"])}
+    for key in ("mean", "p50", "p99", "max"):
+        out[f"{key}_ms"] = round(int(kv[f"{key}_ns"]) / 1e6, 4)
+    out["hist_log2us"] = [int(x) for x in kv["hist_log2us"].split(",")]
+    return out
 
 
 def _pid_alive(pid: int) -> bool:

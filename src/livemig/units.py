@@ -7,11 +7,12 @@ from typing import Final
 
 from livemig.errors import UsageError
 
-__all__ = ["format_rate", "parse_rate"]
+__all__ = ["format_rate", "parse_duration_ms", "parse_rate", "parse_size_bytes"]
 
 _RATE_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)(/s)?\s*$")
 _UNITS: Final[dict[str, float]] = {
     "": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9,
+    "k": 1024, "m": 1024**2, "g": 1024**3,  # bare suffixes are binary, as in QEMU's max-bandwidth
     "kib": 1024, "mib": 1024**2, "gib": 1024**3,
     "bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8,
 }  # fmt: skip
@@ -35,3 +36,42 @@ def parse_rate(text: str, what: str = "rate") -> int:
 
 def format_rate(bps: float) -> str:
     return f"{bps * 8 / 1e6:.0f} Mbit/s"
+
+
+_SIZES: Final[dict[str, int]] = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "kbit": 128,
+    "mbit": 128 * 1024,
+}  # fmt: skip  (tc's units: kb is KiB, kbit is 1024 bits)
+_TIMES: Final[dict[str, float]] = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def parse_size_bytes(text: str, what: str = "size") -> int:
+    """Bytes from tc-style sizes: ``256kb``, ``1mb``, ``1500``."""
+    m = _RATE_RE.match(str(text))
+    factor = _SIZES.get(m.group(2).lower()) if m and not m.group(3) else None
+    if m is None or factor is None:
+        raise UsageError(f"{what} {text!r}: not a size (examples: 256kb, 1mb, 1500)")
+    value = int(float(m.group(1)) * factor)
+    if not 1 <= value <= 2**31:
+        raise UsageError(f"{what} {text!r}: out of range (1 byte to 2 GiB)")
+    return value
+
+
+def parse_duration_ms(text: str, what: str = "time") -> float:
+    """Milliseconds from ``100ms``, ``1s``, ``500us`` (a plain number is ms)."""
+    m = _RATE_RE.match(str(text))
+    unit = (m.group(2).lower() or "ms") if m and not m.group(3) else None
+    if m is None or unit not in _TIMES:
+        raise UsageError(f"{what} {text!r}: not a duration (examples: 100ms, 1s, 500us)")
+    value = float(m.group(1)) * _TIMES[unit]
+    if not 0 < value <= 60_000:
+        raise UsageError(f"{what} {text!r}: out of range (0 to 60s)")
+    return value

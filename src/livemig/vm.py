@@ -8,6 +8,7 @@ from pathlib import Path
 
 from livemig.errors import QemuDied
 from livemig.guest import find_image
+from livemig.lab import Lab
 from livemig.qemu.accel import resolve_accel
 from livemig.qemu.binary import find_qemu
 from livemig.qemu.instance import QemuInstance
@@ -48,7 +49,7 @@ def start_vm(
                     f"a VM named {spec.name!r} is already running (pid {old.instance.pid})",
                 )
             old.instance.remove_files()
-        netns = host
+        netns = Lab.load(reg.root).host(host).netns if host is not None else None
         inst = QemuInstance.spawn(qemu, spec, accel, reg.root, netns=netns)
         rec = VMRecord(spec.name, spec, inst, host=host)
         reg.create(rec)

@@ -5,7 +5,7 @@ import pytest
 from livemig.errors import SpecError, UsageError
 from livemig.guest.workload import parse_workload
 from livemig.spec import VMSpec, parse_size_mib
-from livemig.units import parse_rate
+from livemig.units import parse_duration_ms, parse_rate, parse_size_bytes
 
 
 @pytest.fixture
@@ -91,6 +91,9 @@ def test_bad_workloads(text: str) -> None:
         ("1gbit", 125_000_000),
         ("1MiB", 1 << 20),
         ("5000", 5000),
+        ("100M", 100 << 20),
+        ("512K", 512 << 10),
+        ("1G/s", 1 << 30),
     ],
 )
 def test_rates(text: str, bps: int) -> None:
@@ -101,3 +104,24 @@ def test_rates(text: str, bps: int) -> None:
 def test_bad_rates(text: str) -> None:
     with pytest.raises(UsageError):
         parse_rate(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("256kb", 256 * 1024), ("1mb", 1 << 20), ("1500", 1500), ("32kbit", 4096)]
+)
+def test_tc_sizes(text: str, size: int) -> None:
+    assert parse_size_bytes(text) == size
+
+
+@pytest.mark.parametrize(("text", "ms"), [("100ms", 100.0), ("1s", 1000.0), ("500us", 0.5), ("20", 20.0)])
+def test_durations(text: str, ms: float) -> None:
+    assert parse_duration_ms(text) == ms
+
+
+@pytest.mark.parametrize("text", ["soon", "0ms", "5 parsecs", "10mbit/s", "2h"])
+def test_bad_sizes_and_durations(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_duration_ms(text)
+    if text != "0ms":
+        with pytest.raises(UsageError):
+            parse_size_bytes(text)

@@ -395,5 +395,7 @@ def _follow_all(reg: Registry, scan_s: float = 0.2) -> None:
 
 # -- demo ---------------------------------------------------------------------
 from livemig.cli.demo import demo  # noqa: E402
+from livemig.cli.lab import lab  # noqa: E402
 
 cli.add_command(demo)
+cli.add_command(lab)

@@ -38,6 +38,19 @@ class MigrationReport:
     phase: str | None = None
     where: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    # The bottleneck: the lab link's shaping and/or QEMU's max-bandwidth; the physical
+    # bound is bytes_transferred / its rate, and total time is reported against it.
+    link: dict[str, Any] | None = None
+    physical_bound_ms: float | None = None
+    time_vs_bound: float | None = None
+
+    def set_bound(self, rate_bps: int | None) -> None:
+        """Record the physical bound for a bottleneck of ``rate_bps`` bytes/s."""
+        if not rate_bps or not self.bytes_transferred:
+            return
+        self.physical_bound_ms = round(self.bytes_transferred / rate_bps * 1000.0, 1)
+        if self.total_time_ms:
+            self.time_vs_bound = round(self.total_time_ms / self.physical_bound_ms, 3)
 
     def __repr__(self) -> str:
         return (

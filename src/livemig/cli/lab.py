@@ -1,0 +1,111 @@
+"""``livemig lab up|down|status|shape``: emulated hosts on a shaped link."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from livemig.lab import Lab, Shaping
+from livemig.registry import Registry
+from livemig.units import parse_duration_ms, parse_rate, parse_size_bytes
+
+__all__ = ["lab"]
+
+out = Console(highlight=False)
+
+_shape_options = [
+    click.option("--bandwidth", default="200mbit", show_default=True, help="Link rate, each direction."),
+    click.option("--burst", default="256kb", show_default=True, help="tbf burst (tc units)."),
+    click.option("--latency", default="100ms", show_default=True, help="tbf latency (its queue limit)."),
+]
+
+
+def _shaping(bandwidth: str, burst: str, latency: str) -> Shaping:
+    return Shaping(
+        parse_rate(bandwidth, "--bandwidth"),
+        parse_size_bytes(burst, "--burst"),
+        parse_duration_ms(latency, "--latency"),
+    ).validated()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _with_shape(fn: F) -> F:
+    for opt in reversed(_shape_options):
+        fn = opt(fn)
+    return fn
+
+
+@click.group()
+def lab() -> None:
+    """Emulated hosts (network namespaces) joined by links shaped with tc tbf (needs root)."""
+
+
+@lab.command("up")
+@click.option("--hosts", default=2, show_default=True, type=int, help="How many hosts (src, dst, h3, ...).")
+@_with_shape
+def lab_up(hosts: int, bandwidth: str, burst: str, latency: str) -> None:
+    """Create the lab (or reshape the one that is up)."""
+    the_lab = Lab.up(hosts, _shaping(bandwidth, burst, latency), Registry().root)
+    _print_status(the_lab)
+
+
+@lab.command("shape")
+@_with_shape
+def lab_shape(bandwidth: str, burst: str, latency: str) -> None:
+    """Change the shaping of the lab that is up."""
+    the_lab = Lab.load(Registry().root)
+    the_lab.shape(_shaping(bandwidth, burst, latency))
+    _print_status(the_lab)
+
+
+@lab.command("down")
+def lab_down() -> None:
+    """Remove exactly what `lab up` made (idempotent). Refused while VMs run on lab hosts."""
+    reg = Registry()
+    the_lab = Lab.current(reg.root)
+    if the_lab is None:
+        out.print("no lab is up")
+        return
+    on_lab = [r.name for r in reg.all() if r.host is not None and r.instance.alive()]
+    if on_lab:
+        from livemig.errors import LabError
+
+        raise LabError(f"VMs run on lab hosts ({', '.join(on_lab)}); stop them first (`livemig vm stop`)")
+    removed = the_lab.down()
+    out.print(f"lab down: removed {', '.join(removed) or 'nothing (already gone)'}")
+
+
+@lab.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def lab_status(as_json: bool) -> None:
+    """Show hosts, addresses and shaping, as the kernel has them."""
+    the_lab = Lab.current(Registry().root)
+    if as_json:
+        click.echo(json.dumps(the_lab.status() if the_lab else None))
+    elif the_lab is None:
+        out.print("no lab is up")
+    else:
+        _print_status(the_lab)
+
+
+def _print_status(the_lab: Lab) -> None:
+    st = the_lab.status()
+    table = Table("host", "netns", "address", "egress qdisc", title=f"lab: {st['shaping']}, both directions")
+    for h in st["hosts"]:
+        q = h.get("qdisc")
+        shaped = (
+            f"tbf {q['rate_bps'] * 8 / 1e6:g} Mbit/s, limit {q['limit_bytes']} B"
+            if q
+            else h.get("error", "-")
+        )
+        table.add_row(h["host"], h["netns"], h["address"], shaped)
+    out.print(table)
+    if st["missing"]:
+        out.print(f"[red]missing namespaces: {', '.join(st['missing'])}[/]")

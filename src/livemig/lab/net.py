@@ -1,0 +1,238 @@
+"""The lab's I/O: network namespaces, veth links, a bridge and tbf shaping, made
+through netlink (pyroute2), recorded in the runtime directory so that ``lab down``
+removes exactly what ``lab up`` made."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from livemig.errors import LabError
+from livemig.lab.plan import DEFAULT_PREFIX, PREFIXLEN, LabHost, LabPlan, Shaping, plan_lab
+from livemig.paths import runtime_dir
+
+__all__ = ["Lab", "lab_prefix"]
+
+log = logging.getLogger(__name__)
+TCP_WMEM_DEFAULT = (4096, 16384, 4194304)
+
+
+def lab_prefix() -> str:
+    """Namespace prefix: ``$LIVEMIG_LAB_PREFIX`` (tests use their own), else ``lm-``."""
+    return os.environ.get("LIVEMIG_LAB_PREFIX", DEFAULT_PREFIX)
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root: it creates network namespaces and shapes links (run as root)")
+
+
+@contextlib.contextmanager
+def _ns(name: str) -> Iterator[Any]:
+    from pyroute2 import NetNS
+
+    ns = NetNS(name)
+    try:
+        yield ns
+    finally:
+        ns.close()
+
+
+def _index(ns: Any, ifname: str) -> int:
+    found = ns.link_lookup(ifname=ifname)
+    if not found:
+        raise LabError(f"interface {ifname} is missing")
+    return int(found[0])
+
+
+class Lab:
+    """The lab recorded in ``<runtime>/lab.json``; :meth:`load` raises if none is up."""
+
+    def __init__(self, plan: LabPlan, root: Path | None = None) -> None:
+        self.plan = plan
+        self.root = root or runtime_dir()
+
+    def __repr__(self) -> str:
+        hosts = ",".join(h.name for h in self.plan.hosts)
+        return f"<Lab {self.plan.prefix} hosts={hosts} {self.plan.shaping}>"
+
+    # -- the record -------------------------------------------------------
+    @staticmethod
+    def state_path(root: Path | None = None) -> Path:
+        return (root or runtime_dir()) / "lab.json"
+
+    @classmethod
+    def load(cls, root: Path | None = None) -> Lab:
+        path = cls.state_path(root)
+        try:
+            plan = LabPlan.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise LabError("no lab is up (run `livemig lab up`)") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LabError(f"the lab record {path} is corrupt: {exc}") from exc
+        return cls(plan, root)
+
+    @classmethod
+    def current(cls, root: Path | None = None) -> Lab | None:
+        with contextlib.suppress(LabError):
+            return cls.load(root)
+        return None
+
+    def _save(self) -> None:
+        path = self.state_path(self.root)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.plan.to_dict(), indent=2))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+
+    # -- up / down ----------------------------------------------------------
+    @classmethod
+    def up(cls, hosts: int, shaping: Shaping, root: Path | None = None) -> Lab:
+        """Create the lab, or reshape the one that is up with the same hosts (idempotent)."""
+        _require_root()
+        plan = plan_lab(hosts, shaping, lab_prefix())
+        existing = cls.current(root)
+        if existing is not None:
+            if [h.name for h in existing.plan.hosts] != [h.name for h in plan.hosts]:
+                raise LabError(
+                    f"a lab with hosts {', '.join(h.name for h in existing.plan.hosts)} is up; "
+                    "`livemig lab down` first"
+                )
+            if existing.missing():
+                raise LabError(
+                    f"the lab is damaged ({', '.join(existing.missing())} missing); `livemig lab down` first"
+                )
+            existing.shape(shaping)
+            return existing
+        from pyroute2 import netns
+
+        clashes = sorted(set(plan.namespaces) & set(netns.listnetns()))
+        if clashes:
+            raise LabError(
+                f"network namespace {clashes[0]} exists but is not livemig's lab; refusing to use it"
+            )
+        lab = cls(plan, root)
+        lab._save()  # first: what is created is recorded, so a failure can be undone
+        try:
+            lab._build()
+        except Exception as exc:
+            lab.down()
+            raise LabError(f"lab up failed, undone: {exc}") from exc
+        log.info("lab up: %r", lab)
+        return lab
+
+    def _build(self) -> None:
+        from pyroute2 import netns
+
+        p = self.plan
+        for name in p.namespaces:
+            netns.create(name)
+        with _ns(p.switch_netns) as sw:
+            sw.link("set", index=_index(sw, "lo"), state="up")
+            sw.link("add", ifname=p.bridge, kind="bridge")
+            bridge = _index(sw, p.bridge)
+            sw.link("set", index=bridge, state="up")
+            for h in p.hosts:
+                sw.link("add", ifname=h.port, kind="veth", peer={"ifname": h.ifname, "net_ns_fd": h.netns})
+                sw.link("set", index=_index(sw, h.port), master=bridge, state="up")
+                with _ns(h.netns) as ns:
+                    eth = _index(ns, h.ifname)
+                    ns.addr("add", index=eth, address=h.address, prefixlen=PREFIXLEN)
+                    ns.link("set", index=eth, state="up")
+                    ns.link("set", index=_index(ns, "lo"), state="up")
+        self.shape(p.shaping)
+
+    def shape(self, shaping: Shaping) -> None:
+        """(Re)apply tbf to both ends of every host's link."""
+        shaping = shaping.validated()
+        tbf = {
+            "handle": 0x10000,
+            "rate": shaping.rate_bps,
+            "burst": shaping.burst_bytes,
+            "latency": f"{shaping.latency_ms:g}ms",
+        }
+        with _ns(self.plan.switch_netns) as sw:
+            for h in self.plan.hosts:
+                sw.tc("replace", "tbf", _index(sw, h.port), **tbf)
+                with _ns(h.netns) as ns:
+                    ns.tc("replace", "tbf", _index(ns, h.ifname), **tbf)
+        self.plan = LabPlan(**{**self.plan.__dict__, "shaping": shaping})
+        self._save()
+
+    def set_wmem_max(self, host: str, max_bytes: int | None) -> None:
+        """Set ``net.ipv4.tcp_wmem``'s max inside ``host``'s namespace (None: the default).
+        It is per namespace, so the machine's own setting is never touched."""
+        h = self.plan.host(host)
+        lo, default, top = TCP_WMEM_DEFAULT
+        value = f"{lo} {min(default, max_bytes or default)} {max_bytes or top}"
+        subprocess.run(
+            ["ip", "netns", "exec", h.netns, "sysctl", "-q", "-w", f"net.ipv4.tcp_wmem={value}"],
+            check=True,
+            capture_output=True,
+        )
+        wmem = {k: v for k, v in self.plan.wmem_max.items() if k != host}
+        if max_bytes is not None:
+            wmem[host] = max_bytes
+        self.plan = LabPlan(**{**self.plan.__dict__, "wmem_max": wmem})
+        self._save()
+
+    def down(self) -> list[str]:
+        """Remove the recorded namespaces (their links and qdiscs go with them)."""
+        _require_root()
+        from pyroute2 import netns
+
+        present = set(netns.listnetns())
+        removed = []
+        for name in self.plan.namespaces:
+            if name in present:
+                netns.remove(name)
+                removed.append(name)
+        with contextlib.suppress(FileNotFoundError):
+            self.state_path(self.root).unlink()
+        log.info("lab down: removed %s", removed)
+        return removed
+
+    # -- queries ------------------------------------------------------------
+    def missing(self) -> list[str]:
+        from pyroute2 import netns
+
+        present = set(netns.listnetns())
+        return [n for n in self.plan.namespaces if n not in present]
+
+    def host(self, name: str) -> LabHost:
+        return self.plan.host(name)
+
+    def status(self) -> dict[str, Any]:
+        """The record, checked against the kernel: namespaces present, qdiscs as applied."""
+        hosts = []
+        missing = set(self.missing())
+        for h in self.plan.hosts:
+            entry: dict[str, Any] = {"host": h.name, "netns": h.netns, "address": h.address}
+            if h.netns in missing:
+                entry["error"] = "namespace missing"
+            else:
+                with _ns(h.netns) as ns:
+                    entry["qdisc"] = _tbf(ns, h.ifname)
+            hosts.append(entry)
+        return {
+            "prefix": self.plan.prefix,
+            "shaping": str(self.plan.shaping),
+            "hosts": hosts,
+            "switch": self.plan.switch_netns,
+            "missing": sorted(missing),
+            "wmem_max": self.plan.wmem_max,
+        }
+
+
+def _tbf(ns: Any, ifname: str) -> dict[str, Any] | None:
+    for q in ns.get_qdiscs(index=_index(ns, ifname)):
+        if q.get_attr("TCA_KIND") == "tbf":
+            parms = dict(q.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS"))
+            return {"rate_bps": parms["rate"], "limit_bytes": parms["limit"]}
+    return None
