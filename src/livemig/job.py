@@ -86,6 +86,10 @@ class MigrationJob:
         async for ev in (await self._migration()).events():
             yield ev
 
+    def validate(self) -> None:
+        """Check, before anything starts, that the VM exists and the destination makes sense."""
+        self._placement(self.registry.load(self.name))
+
     # ---------------------------------------------------------------------
     async def run(self) -> MigrationReport:
         reg = self.registry

@@ -60,16 +60,44 @@ def _live_qemu_pids(root: Path) -> list[int]:
     return pids
 
 
+LAB_PREFIX = "lmt-"  # the tests' own namespaces, apart from a user's lab (lm-)
+
+
+def lab_namespaces() -> list[str]:
+    from pyroute2 import netns
+
+    return [n for n in netns.listnetns() if n.startswith(LAB_PREFIX)]
+
+
+@pytest.fixture
+def lab_env(runtime: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A runtime directory whose lab uses the tests' prefix; whatever lab is up at the end
+    is taken down, and the test fails if any of its namespaces is left behind."""
+    from livemig.lab import Lab
+
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    monkeypatch.setenv("LIVEMIG_LAB_PREFIX", LAB_PREFIX)
+    assert not lab_namespaces(), f"namespaces left by an earlier run: {lab_namespaces()}"
+    yield runtime
+    lab = Lab.current(runtime)
+    if lab is not None:
+        lab.down()
+    assert not lab_namespaces(), f"lab namespaces left behind: {lab_namespaces()}"
+
+
 @dataclass
 class VMFactory:
     runtime: Path
     registry: Registry
     names: list[str] = field(default_factory=list)
 
-    def start(self, name: str = "vm", workload: str = "idle", memory: int = 256) -> VMRecord:
+    def start(
+        self, name: str = "vm", workload: str = "idle", memory: int = 256, host: str | None = None
+    ) -> VMRecord:
         spec = VMSpec(name, memory_mib=memory, workload=parse_workload(workload), accel="tcg")
         self.names.append(name)
-        return start_vm(spec, self.registry)
+        return start_vm(spec, self.registry, host=host)
 
     def record(self, name: str = "vm") -> VMRecord:
         return self.registry.load(name)

@@ -304,8 +304,10 @@ def run_migration(
 ) -> MigrationReport:
     t0 = time.time()
 
+    job = MigrationJob(name, opts, reg, to_host)
+    job.validate()
+
     async def go() -> MigrationReport:
-        job = MigrationJob(name, opts, reg, to_host)
         if not quiet:
             job.on_event(lambda ev: _print_event(t0, ev))
         bar = asyncio.create_task(show_progress(job, err)) if not quiet and err.is_terminal else None

@@ -1,0 +1,113 @@
+"""The lab with real network namespaces and tbf, and migrations across its link."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from livemig.engine.migration import MigrationOptions
+from livemig.lab import Lab, Shaping
+from livemig.policy import parse_policy
+from livemig.sync import SyncMigration
+
+from .conftest import LAB_PREFIX, VMFactory, lab_namespaces
+from .test_cli import assert_one_line_error, livemig
+
+pytestmark = [pytest.mark.integration, pytest.mark.lab]
+
+
+def test_up_down_are_idempotent_and_leave_nothing(lab_env: Path) -> None:
+    up = livemig("lab", "up", "--bandwidth", "100mbit", runtime=lab_env)
+    assert up.returncode == 0, up.stderr
+    assert sorted(lab_namespaces()) == [f"{LAB_PREFIX}dst", f"{LAB_PREFIX}src", f"{LAB_PREFIX}switch"]
+    again = livemig("lab", "up", "--bandwidth", "300mbit", "--latency", "20ms", runtime=lab_env)
+    assert again.returncode == 0, again.stderr  # up again: the same lab, reshaped
+    status = json.loads(livemig("lab", "status", "--json", runtime=lab_env).stdout)
+    assert status["shaping"] == "tbf rate 300mbit burst 256kb latency 20ms"
+    assert [h["qdisc"]["rate_bps"] for h in status["hosts"]] == [37_500_000, 37_500_000]
+    tc = subprocess.run(
+        ["ip", "netns", "exec", f"{LAB_PREFIX}switch", "tc", "qdisc", "show"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert tc.stdout.count("tbf") == 2 and "rate 300Mbit" in tc.stdout  # the other direction too
+    assert_one_line_error(livemig("lab", "up", "--hosts", "3", runtime=lab_env), 1, "lab down")
+    for _ in range(2):
+        down = livemig("lab", "down", runtime=lab_env)
+        assert down.returncode == 0, down.stderr
+        assert not lab_namespaces()
+    assert not Lab.state_path(lab_env).exists()
+    assert json.loads(livemig("lab", "status", "--json", runtime=lab_env).stdout) is None
+
+
+def test_lab_refuses_a_namespace_it_did_not_make(lab_env: Path) -> None:
+    from pyroute2 import netns
+
+    netns.create(f"{LAB_PREFIX}dst")
+    try:
+        proc = livemig("lab", "up", runtime=lab_env)
+        assert_one_line_error(proc, 1, f"{LAB_PREFIX}dst", "not livemig's")
+        assert lab_namespaces() == [f"{LAB_PREFIX}dst"]
+    finally:
+        netns.remove(f"{LAB_PREFIX}dst")
+
+
+def test_lab_needs_root() -> None:
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is missing")
+    home = Path(tempfile.mkdtemp(prefix="lmnobody"))
+    os.chown(home, 65534, 65534)
+    try:
+        env = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_RUNTIME_DIR": str(home)}
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, "-m", "livemig", "lab", "up"],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert_one_line_error(proc, 1, "needs root")
+    assert not lab_namespaces()
+
+
+def test_lab_bad_input(lab_env: Path, vms: VMFactory) -> None:
+    assert_one_line_error(livemig("lab", "up", "--bandwidth", "fast", runtime=lab_env), 2, "--bandwidth")
+    assert_one_line_error(livemig("lab", "up", "--hosts", "1", runtime=lab_env), 2, "--hosts")
+    assert_one_line_error(livemig("vm", "start", "x", "--host", "src", runtime=lab_env), 1, "no lab is up")
+    assert not lab_namespaces()
+    vms.start()  # a VM on this machine, not in the lab
+    assert_one_line_error(livemig("migrate", "vm", "--to", "dst", runtime=lab_env), 1, "no lab is up")
+    Lab.up(2, Shaping(50_000_000), lab_env)
+    start = livemig("vm", "start", "y", "--host", "elsewhere", "--accel", "tcg", runtime=lab_env)
+    assert_one_line_error(start, 1, "no lab host 'elsewhere'")
+    assert_one_line_error(livemig("migrate", "vm", "--to", "dst", runtime=lab_env), 2, "not on a lab host")
+    assert vms.record().migration is None and len(list(vms.runtime.glob("qemu/*"))) == 1
+
+
+def test_migration_crosses_the_shaped_link(lab_env: Path, vms: VMFactory) -> None:
+    rate = 50_000_000  # 400 mbit
+    Lab.up(2, Shaping(rate), lab_env)
+    src = vms.start(workload="dirty:mib=96,pattern=seq", host="src")
+    assert src.instance.netns == f"{LAB_PREFIX}src"
+    opts = MigrationOptions(policy=parse_policy("postcopy-after:1"))
+    report = SyncMigration("vm", options=opts, registry=vms.registry, to_host="dst").migrate()
+    assert report.status == "completed", report.error
+    assert report.link is not None and report.link["rate_bps"] == rate and report.link["to"] == "dst"
+    assert report.bytes_transferred and report.total_time_ms
+    throughput = report.bytes_transferred / (report.total_time_ms / 1000)
+    assert throughput < rate * 1.05, f"{throughput / 1e6:.1f} MB/s through a {rate / 1e6:.0f} MB/s link"
+    assert report.time_vs_bound is not None and report.time_vs_bound >= 0.95
+    rec = vms.record()
+    assert rec.host == "dst" and rec.instance.netns == f"{LAB_PREFIX}dst" and rec.instance.alive()
+    # the destination QEMU really runs inside the dst namespace
+    assert os.readlink(f"/proc/{rec.instance.pid}/ns/net") == _netns_id(f"{LAB_PREFIX}dst")
+
+
+def _netns_id(name: str) -> str:
+    return f"net:[{os.stat(f'/run/netns/{name}').st_ino}]"
