@@ -396,8 +396,10 @@ def _follow_all(reg: Registry, scan_s: float = 0.2) -> None:
 
 
 # -- demo ---------------------------------------------------------------------
+from livemig.cli.bench import bench  # noqa: E402
 from livemig.cli.demo import demo  # noqa: E402
 from livemig.cli.lab import lab  # noqa: E402
 
 cli.add_command(demo)
 cli.add_command(lab)
+cli.add_command(bench)

@@ -125,6 +125,7 @@ class Migration:
         self._timeline: list[_Sample] = []
         self._decisions: list[dict[str, Any]] = []
         self._src_completed = False
+        self._src_completed_delivered: float | None = None
         self._dst_resumed = False
         self._dst_running_confirmed = False
         self._failure: str | None = None
@@ -329,6 +330,7 @@ class Migration:
             await self._set_state(S.POSTCOPY, "source reports postcopy-active")
         elif status == "completed" and side == "src":
             self._src_completed = True
+            self._src_completed_delivered = time.time()
         elif status == "failed":
             await self._fail(f"{'source' if side == 'src' else 'destination'} QEMU reports failed")
         elif status == "cancelled" and side == "src" and st in (S.SETUP, S.PRECOPY):
@@ -510,7 +512,16 @@ class Migration:
              and m.get("event") == "MIGRATION" and (m.get("data") or {}).get("status") == "completed"),
             None,
         )  # fmt: skip
-        self._publish(MigrationEvent("completed", {"destination": "running"}, ev.qemu_ts if ev else None))
+        # Delivered when QEMU's event arrived; confirmed (destination running) a little later.
+        confirmed = time.time()
+        self._publish(
+            MigrationEvent(
+                "completed",
+                {"destination": "running", "confirmed_ts": confirmed},
+                ev.qemu_ts if ev else None,
+                self._src_completed_delivered or confirmed,
+            )
+        )
         await self._set_state(S.COMPLETED, "destination confirmed running")
 
     async def _stop_tasks(self) -> None:

@@ -1,0 +1,277 @@
+"""Turns bench JSON into a Markdown report and PNG plots: per scenario a comparison
+of cells (median with min-max whiskers), per run a timeline of remaining bytes with
+the phase bands and the guest's stalls, and the mission's targets, met or not."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Summary", "load_results", "summarize", "targets", "write_report"]
+
+KEY_METRICS: dict[str, tuple[str, ...]] = {
+    "idle": ("total_time_ms", "time_vs_bound", "blackout_ms", "max_stall_ms"),
+    "converge": ("total_time_ms", "time_vs_bound", "blackout_ms", "max_stall_ms"),
+    "nonconverge": ("completed", "total_time_ms", "max_stall_ms", "bytes_transferred"),
+    "stream": ("max_stall_ms", "stalls_over_100ms", "blackout_ms", "total_time_ms"),
+    "faults": ("fault_mean_ms", "fault_p99_ms", "postcopy_requests", "postcopy_blocktime_ms"),
+    "events": ("event_latency_median_ms", "event_latency_max_ms", "poll_latency_mean_ms"),
+}
+
+
+@dataclass(frozen=True)
+class Stat:
+    n: int
+    median: float
+    lo: float
+    hi: float
+
+    def __str__(self) -> str:
+        if self.n == 1:
+            return _num(self.median)
+        return f"{_num(self.median)} ({_num(self.lo)}-{_num(self.hi)})"
+
+
+def _num(v: float) -> str:
+    if v == int(v) and abs(v) < 1e6:
+        return str(int(v))
+    if abs(v) >= 1e6:
+        return f"{v / 1e6:.1f}M"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}".rstrip("0").rstrip(".")
+    return f"{v:.3f}"
+
+
+@dataclass
+class Summary:
+    scenario: str
+    cell: str
+    runs: list[dict[str, Any]]
+
+    def values(self, metric: str) -> list[float]:
+        out = []
+        for r in self.runs:
+            for m in r["metrics"]:
+                if m["name"] == metric and m["value"] is not None:
+                    out.append(float(m["value"]))
+        return out
+
+    def stat(self, metric: str) -> Stat | None:
+        vs = self.values(metric)
+        if not vs:
+            return None
+        return Stat(len(vs), statistics.median(vs), min(vs), max(vs))
+
+    @property
+    def completed(self) -> int:
+        return int(sum(self.values("completed")))
+
+
+def load_results(d: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(d.glob("*.json")) if p.name != "summary.json"]
+
+
+def summarize(results: Iterable[dict[str, Any]]) -> list[Summary]:
+    groups: dict[str, Summary] = {}
+    for r in results:
+        cid = r["cell"]["id"]
+        groups.setdefault(cid, Summary(r["cell"]["scenario"], cid, [])).runs.append(r)
+    from livemig.bench.scenarios import SCENARIOS
+
+    known = [c.id for cells in SCENARIOS.values() for c in cells]
+    order = list(KEY_METRICS)
+
+    def key(s: Summary) -> tuple[int, int, str]:
+        scen = order.index(s.scenario) if s.scenario in order else len(order)
+        return (scen, known.index(s.cell) if s.cell in known else len(known), s.cell)
+
+    return sorted(groups.values(), key=key)
+
+
+def _by_cell(summaries: list[Summary]) -> dict[str, Summary]:
+    return {s.cell: s for s in summaries}
+
+
+def targets(summaries: list[Summary]) -> list[dict[str, Any]]:
+    """The mission's targets, each with the measured figures and met/not met (None: not measured)."""
+    c = _by_cell(summaries)
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, target: str, measured: str, met: bool | None) -> None:
+        out.append({"target": name, "goal": target, "measured": measured, "met": met})
+
+    now, after = c.get("stream/postcopy-now"), c.get("stream/postcopy-after:1")
+    sn, sa = (now.stat("max_stall_ms") if now else None), (after.stat("max_stall_ms") if after else None)
+    if sn and sa:
+        add("stream", "postcopy-after:1 median max_stall_ms <= 1/3 of postcopy-now's",
+            f"{sa.median:.0f} ms vs {sn.median:.0f} ms ({sn.median / sa.median:.2f}x)", sa.median * 3 <= sn.median)  # fmt: skip
+    else:
+        add("stream", "postcopy-after:1 median max_stall_ms <= 1/3 of postcopy-now's", "not measured", None)
+
+    ev = [s for s in summaries if s.scenario == "events"]
+    pushed = [float(e["latency_ms"]) for s in ev for r in s.runs for e in r["report"]["events"]
+              if e.get("latency_ms") is not None]  # fmt: skip
+    polled = [v for s in ev for r in s.runs for v in (r.get("poll") or {}).get("latency_ms", {}).values()]
+    if pushed and polled:
+        p99 = statistics.quantiles(pushed, n=100)[98] if len(pushed) >= 2 else pushed[0]
+        add("events", "pushed p99 <= 1 ms; 50 ms polling ~25 ms mean",
+            f"pushed p99 {p99:.3f} ms (n={len(pushed)}); polling mean {statistics.fmean(polled):.1f} ms "
+            f"(n={len(polled)})", p99 <= 1.0)  # fmt: skip
+    else:
+        add("events", "pushed p99 <= 1 ms; 50 ms polling ~25 ms mean", "not measured", None)
+
+    for s in summaries:
+        if s.scenario in ("idle", "converge"):
+            st = s.stat("time_vs_bound")
+            add(s.cell, "total time <= 1.15x the physical bound",
+                f"{st} x" if st else "not measured", st.median <= 1.15 if st else None)  # fmt: skip
+
+    for lat in ("100ms", "20ms"):
+        on, off = c.get(f"faults/preempt/lat{lat}"), c.get(f"faults/no-preempt/lat{lat}")
+        mon, moff = (on.stat("fault_mean_ms") if on else None), (off.stat("fault_mean_ms") if off else None)
+        goal = f"tbf latency {lat}: mean first touch with preempt >= 3x lower than without"
+        if mon and moff:
+            add(f"faults lat{lat}", goal,
+                f"{mon.median:.2f} ms vs {moff.median:.2f} ms ({moff.median / mon.median:.2f}x)",
+                moff.median >= 3 * mon.median)  # fmt: skip
+        else:
+            add(f"faults lat{lat}", goal, "not measured", None)
+
+    for s in summaries:
+        if s.scenario == "nonconverge" and s.cell.split("/")[1].startswith("postcopy"):
+            n = len(s.runs)
+            add(s.cell, "every post-copy policy completes 5 of 5", f"{s.completed} of {n}",
+                s.completed == n and n >= 5)  # fmt: skip
+    return out
+
+
+# -- plots --------------------------------------------------------------------
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_scenario(summaries: list[Summary], scenario: str, path: Path) -> Path | None:
+    cells = [s for s in summaries if s.scenario == scenario]
+    metrics = [m for m in KEY_METRICS.get(scenario, ()) if any(s.values(m) for s in cells)]
+    if not cells or not metrics:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    labels = [s.cell.split("/", 1)[1] for s in cells]
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for i, s in enumerate(cells):
+            st = s.stat(metric)
+            if st is None:
+                continue
+            ax.errorbar([i], [st.median], yerr=[[st.median - st.lo], [st.hi - st.median]], fmt="o", capsize=5)
+            ax.scatter([i] * len(s.values(metric)), s.values(metric), s=8, alpha=0.35, color="gray")
+        ax.set_title(metric, fontsize=10)
+        ax.set_xticks(range(len(cells)), labels, rotation=30, ha="right", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{scenario}: median, min-max whiskers, every run in gray", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_timeline(result: dict[str, Any], path: Path) -> Path | None:
+    """Remaining bytes over time, phase bands, and the guest's stalls (> 100 ms)."""
+    rep = result.get("report")
+    if not rep or not rep.get("timeline"):
+        return None
+    evs = {e["name"]: e for e in reversed(rep["events"])}  # first occurrence wins
+    t0 = min((e["qemu_ts"] or e["delivered_ts"]) for e in rep["events"])
+
+    def t(name: str) -> float | None:
+        e = evs.get(name)
+        return ((e["qemu_ts"] or e["delivered_ts"]) - t0) if e else None
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    xs = [s["t"] for s in rep["timeline"]]
+    ax.plot(xs, [s["remaining"] / 2**20 for s in rep["timeline"]], color="C0", label="remaining (MiB)")
+    end = t("completed") or t("cancelled") or t("failed") or (xs[-1] if xs else 0)
+    stop, resumed, post = t("source-stopped"), t("destination-resumed"), t("postcopy-started")
+    ax.axvspan(0, stop if stop is not None else end, color="C2", alpha=0.12, label="pre-copy")
+    if stop is not None and resumed is not None:
+        ax.axvspan(stop, max(resumed, stop + 0.01), color="C3", alpha=0.5, label="stopped")
+    if post is not None and end is not None:
+        ax.axvspan(resumed or post, end, color="C1", alpha=0.12, label="post-copy")
+    for i, st in enumerate((rep.get("guest") or {}).get("stalls", [])):
+        x = st["start_ts"] - t0
+        ax.axvspan(x, x + st["host_ms"] / 1000, ymax=0.08, color="k", label="guest stall" if i == 0 else None)
+    g = rep.get("guest") or {}
+    ax.set_title(
+        f"{result['cell']['id']} r{result['dimensions']['repeat']}: {rep['status']}, "
+        f"max stall {g.get('max_stall_ms')} ms, blackout {rep.get('blackout_ms')} ms",
+        fontsize=9,
+    )
+    ax.set_xlabel("seconds since migrate")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+# -- markdown -----------------------------------------------------------------
+def write_report(results_dir: Path, out_dir: Path, command: str = "", all_timelines: bool = False) -> Path:
+    """Write ``out_dir/benchmarks.md`` and its PNGs (under ``out_dir/img``)."""
+    results = load_results(results_dir)
+    summaries = summarize(results)
+    img = out_dir / "img"
+    img.mkdir(parents=True, exist_ok=True)
+    lines = ["# livemig benchmarks", ""]
+    if command:
+        lines += ["Produced by:", "", "```sh", command, "```", ""]
+    any_run = next((r for r in results if "report" in r), None)
+    if any_run:
+        d = any_run["dimensions"]
+        lines += [f"QEMU {d['qemu_version']}, accelerator **{d['accel']}**, lab link shaped with tc tbf; "
+                  f"{len(results)} runs. Cells: median (min-max) over their repeats.", ""]  # fmt: skip
+    lines += ["## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
+    for t in targets(summaries):
+        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+        lines.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {met} |")
+    lines.append("")
+    by_scenario: dict[str, list[Summary]] = defaultdict(list)
+    for s in summaries:
+        by_scenario[s.scenario].append(s)
+    for scenario, cells in by_scenario.items():
+        metrics = KEY_METRICS.get(scenario, ())
+        lines += [f"## {scenario}", ""]
+        c0 = cells[0].runs[0]["cell"]
+        lines += [f"Workload `{c0['workload']}` in {c0['memory_mib']} MiB, link {c0['bandwidth']}.", ""]
+        lines += ["| cell | runs | completed | " + " | ".join(metrics) + " |",
+                  "|---|---|---|" + "---|" * len(metrics)]  # fmt: skip
+        for s in cells:
+            row = [str(s.stat(m) or "-") for m in metrics]
+            lines.append(f"| {s.cell} | {len(s.runs)} | {s.completed} | " + " | ".join(row) + " |")
+        lines.append("")
+        if plot_scenario(summaries, scenario, img / f"{scenario}.png"):
+            lines += [f"![{scenario}](img/{scenario}.png)", ""]
+        for s in cells:
+            for r in s.runs:
+                if not all_timelines and r["dimensions"].get("repeat") != 1:
+                    continue
+                name = (
+                    f"timeline-{s.cell.replace('/', '_').replace(':', '')}-r{r['dimensions']['repeat']}.png"
+                )
+                if plot_timeline(r, img / name) and r["dimensions"].get("repeat") == 1:
+                    lines += [f"![{s.cell}](img/{name})", ""]
+    path = out_dir / "benchmarks.md"
+    path.write_text("\n".join(lines))
+    return path

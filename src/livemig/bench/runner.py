@@ -1,0 +1,173 @@
+"""Runs bench cells on the lab: a fresh guest on ``src`` per run, migrated to
+``dst`` across the shaped link. Repeats are interleaved across cells (r1 of every
+cell, then r2, ...), so that the machine's drift hits every cell alike. Each run
+writes one JSON file: metrics with units, and the dimensions they belong to."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from livemig.bench.scenarios import Cell
+from livemig.engine.migration import MigrationOptions
+from livemig.engine.report import MigrationReport
+from livemig.errors import LivemigError
+from livemig.guest import parse_workload
+from livemig.job import MigrationJob
+from livemig.lab import Lab, Shaping
+from livemig.observe.poller import StatusPoller, poll_latencies
+from livemig.policy import parse_policy
+from livemig.registry import Registry
+from livemig.spec import VMSpec
+from livemig.units import parse_duration_ms, parse_rate
+from livemig.vm import start_vm, stop_vm
+
+__all__ = ["metrics_of", "run_bench", "run_once"]
+
+log = logging.getLogger(__name__)
+
+
+def _metric(name: str, value: Any, unit: str) -> dict[str, Any]:
+    return {"name": name, "value": value, "unit": unit}
+
+
+def metrics_of(report: MigrationReport, poll_ms: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """The figures a run is judged by, each with its unit (None where it does not apply)."""
+    g = report.guest or {}
+    fp = g.get("faultprobe") or {}
+    pushed = [e["latency_ms"] for e in report.events if e.get("latency_ms") is not None]
+    out = [
+        _metric("completed", 1 if report.status == "completed" else 0, "bool"),
+        _metric("total_time_ms", report.total_time_ms, "ms"),
+        _metric("physical_bound_ms", report.physical_bound_ms, "ms"),
+        _metric("time_vs_bound", report.time_vs_bound, "ratio"),
+        _metric("blackout_ms", report.blackout_ms, "ms"),
+        _metric("qemu_downtime_ms", report.downtime_ms, "ms"),
+        _metric("max_stall_ms", g.get("max_stall_ms"), "ms"),
+        _metric("stalls_over_100ms", g.get("stalls_over_100ms"), "count"),
+        _metric("heartbeats_lost", g.get("lost"), "count"),
+        _metric("bytes_transferred", report.bytes_transferred, "bytes"),
+        _metric("postcopy_requests", report.postcopy_requests, "count"),
+        _metric("postcopy_blocktime_ms", report.postcopy_blocktime_ms, "ms"),
+        _metric("switched_at_pass", report.switched_at_pass, "passes"),
+        _metric("fault_mean_ms", fp.get("mean_ms"), "ms"),
+        _metric("fault_p99_ms", fp.get("p99_ms"), "ms"),
+        _metric("fault_max_ms", fp.get("max_ms"), "ms"),
+        _metric("event_latency_max_ms", max(pushed) if pushed else None, "ms"),
+        _metric("event_latency_median_ms", statistics.median(pushed) if pushed else None, "ms"),
+        _metric("source_stopped_latency_ms", report.event_latency_ms("source-stopped"), "ms"),
+    ]
+    if poll_ms:
+        out.append(_metric("poll_latency_mean_ms", round(statistics.fmean(poll_ms.values()), 3), "ms"))
+    return out
+
+
+async def _migrate(
+    name: str, opts: MigrationOptions, reg: Registry, poll: bool
+) -> tuple[MigrationReport, Any]:
+    job = MigrationJob(name, opts, reg, to_host="dst", control=False)
+    poller = StatusPoller(name, reg.load(name).instance.paths.qmp_aux) if poll else None
+    if poller is not None:
+        await poller.start()
+    try:
+        report = await job.run()
+    finally:
+        if poller is not None:
+            await poller.stop()
+    if poller is None:
+        return report, None
+    lat = poll_latencies(poller.seen, report.events)
+    return report, {"period_ms": poller.period_s * 1000, "polls": poller.polls, "latency_ms": lat}
+
+
+def run_once(cell: Cell, repeat: int, reg: Registry, name: str = "bench") -> dict[str, Any]:
+    """One run of ``cell`` on the lab that is up: start, warm up, migrate, stop."""
+    spec = VMSpec(name, memory_mib=cell.memory_mib, workload=parse_workload(cell.workload))
+    opts = MigrationOptions(policy=parse_policy(cell.policy), preempt=cell.preempt)
+    t0 = time.time()
+    start_vm(spec, reg, host="src")
+    try:
+        time.sleep(cell.warmup_s)
+        report, poll = asyncio.run(_migrate(name, opts, reg, cell.poll))
+    finally:
+        with contextlib.suppress(LivemigError):
+            stop_vm(name, reg)
+    dims = {
+        "scenario": cell.scenario, "cell": cell.id, "policy": cell.policy, "qemu_version": report.qemu_version,
+        "accel": report.accel, "bandwidth": cell.bandwidth, "latency": cell.latency,
+        "preempt": report.preempt, "wmem_max": cell.wmem_max, "repeat": repeat,
+    }  # fmt: skip
+    return {
+        "cell": cell.to_dict(),
+        "dimensions": dims,
+        "started": t0,
+        "metrics": metrics_of(report, poll["latency_ms"] if poll else None),
+        "poll": poll,
+        "report": report.to_dict(),
+    }
+
+
+def run_bench(
+    cells: list[Cell],
+    repeats: int,
+    out_dir: Path,
+    say: Callable[[str], None] = print,
+) -> list[Path]:
+    """Run every cell ``repeats`` times on the lab (brought up here if none is up)."""
+    reg = Registry()
+    lab = Lab.current(reg.root)
+    created = lab is None
+    if lab is None:
+        lab = Lab.up(2, Shaping(parse_rate(cells[0].bandwidth)), reg.root)
+    original = lab.plan.shaping
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    total, k = len(cells) * repeats, 0
+    try:
+        for r in range(1, repeats + 1):
+            for cell in cells:
+                k += 1
+                shaping = Shaping(
+                    parse_rate(cell.bandwidth), original.burst_bytes, parse_duration_ms(cell.latency)
+                )
+                if shaping != lab.plan.shaping:
+                    lab.shape(shaping)
+                if lab.plan.wmem_max.get("src") != cell.wmem_max:
+                    lab.set_wmem_max("src", cell.wmem_max)
+                say(f"[{k}/{total}] {cell.id} repeat {r} ...")
+                try:
+                    result = run_once(cell, r, reg)
+                except LivemigError as exc:
+                    log.warning("%s repeat %d: %s", cell.id, r, exc)
+                    result = {"cell": cell.to_dict(), "dimensions": {"cell": cell.id, "repeat": r},
+                              "error": str(exc), "metrics": [_metric("completed", 0, "bool")]}  # fmt: skip
+                path = out_dir / f"{cell.id.replace('/', '__').replace(':', '')}__r{r}.json"
+                path.write_text(json.dumps(result, indent=1))
+                written.append(path)
+                say(f"      {_line(result)}")
+    finally:
+        if created:
+            lab.down()
+        else:
+            lab.set_wmem_max("src", None)
+            lab.shape(original)
+    return written
+
+
+def _line(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"error: {result['error']}"
+    m = {x["name"]: x["value"] for x in result["metrics"]}
+    rep = result["report"]
+    parts = [rep["status"], f"total {m['total_time_ms']} ms", f"max stall {m['max_stall_ms']} ms",
+             f"blackout {m['blackout_ms']} ms"]  # fmt: skip
+    if m.get("fault_mean_ms") is not None:
+        parts.append(f"fault mean {m['fault_mean_ms']} ms")
+    return ", ".join(parts)

@@ -1,0 +1,97 @@
+"""Benchmark scenarios (pure data): each is a list of cells, each cell one
+configuration measured ``repeats`` times, side by side in one run, across the lab's
+shaped link. Ids are readable: ``stream/postcopy-after:1``, ``faults/no-preempt/lat20ms``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+from livemig.errors import UsageError
+
+__all__ = ["SCENARIOS", "Cell", "cells_for"]
+
+LINK: Final = "200mbit"  # 25 MB/s: slower than the writers below dirty memory
+
+
+@dataclass(frozen=True)
+class Cell:
+    scenario: str
+    policy: str
+    workload: str
+    memory_mib: int = 512
+    bandwidth: str = LINK
+    latency: str = "100ms"  # tbf latency (its queue limit)
+    preempt: bool | None = None  # None: livemig's default (on whenever post-copy is allowed)
+    wmem_max: int | None = None  # tcp_wmem max on the source host (None: the kernel's default)
+    poll: bool = False  # also poll query-migrate every 50 ms, to compare with pushed events
+    warmup_s: float = 2.0  # let the workload run before migrating
+    variant: str = ""
+
+    @property
+    def id(self) -> str:
+        return "/".join(p for p in (self.scenario, self.variant or self.policy) if p)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "id": self.id}
+
+
+def _policies(scenario: str, policies: tuple[str, ...], workload: str, **kw: Any) -> list[Cell]:
+    return [Cell(scenario, p, workload, **kw) for p in policies]
+
+
+_FAULTPROBE: Final = "faultprobe:mib=256,pages=2000"
+
+
+def _faults() -> list[Cell]:
+    cells = []
+    for latency in ("100ms", "20ms"):
+        for preempt in (True, False):
+            tag = "preempt" if preempt else "no-preempt"
+            cells.append(
+                Cell("faults", "postcopy-now", _FAULTPROBE, memory_mib=384, latency=latency,
+                     preempt=preempt, warmup_s=3.0, variant=f"{tag}/lat{latency}")
+            )  # fmt: skip
+    cells.append(
+        Cell("faults", "postcopy-now", _FAULTPROBE, memory_mib=384, preempt=False, wmem_max=256 * 1024,
+             warmup_s=3.0, variant="no-preempt+wmem256k/lat100ms")
+    )  # fmt: skip
+    return cells
+
+
+SCENARIOS: Final[dict[str, list[Cell]]] = {
+    # An idle 512 MiB guest: almost every page is zero; the bound is what must really move.
+    "idle": _policies("idle", ("precopy", "postcopy-after:1", "postcopy-now"), "idle"),
+    # A writer at 5 MB/s, 0.2x the 25 MB/s link: pre-copy converges.
+    "converge": _policies(
+        "converge", ("precopy", "postcopy-after:1", "postcopy-now"), "dirty:mib=64,rate=5,pattern=seq"
+    ),
+    # A random writer far above the link: pre-copy (300 ms downtime limit) must give up.
+    "nonconverge": _policies(
+        "nonconverge",
+        ("precopy:timeout=30", "postcopy-now", "postcopy-after:1", "postcopy-after:2", "postcopy-after:3"),
+        "dirty:mib=128,pattern=random",
+        memory_mib=384,
+    ),
+    # The video-streaming case: 30 frames/s of 1 MiB (31 MB/s) into a 256 MiB ring,
+    # reading older frames back, on a 25 MB/s link that it out-dirties.
+    "stream": _policies(
+        "stream",
+        ("postcopy-now", "postcopy-after:1", "precopy:timeout=40"),
+        "stream:fps=30,kib=1024,ring=256",
+    ),
+    # First-touch latency in post-copy while the bulk stream saturates the link.
+    "faults": _faults(),
+    # Pushed events against a 50 ms query-migrate poller, in the same runs.
+    "events": _policies(
+        "events", ("postcopy-after:1",), "dirty:mib=64,pattern=seq", memory_mib=256, poll=True
+    ),
+}
+
+
+def cells_for(names: list[str] | tuple[str, ...]) -> list[Cell]:
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise UsageError(f"unknown scenario {unknown[0]!r} (choose from {', '.join(SCENARIOS)})")
+    return [c for n in names for c in SCENARIOS[n]]
