@@ -18,13 +18,21 @@ from livemig.engine.events import MigrationEvent
 from livemig.engine.migration import Endpoint, Migration, MigrationOptions
 from livemig.engine.report import MigrationReport
 from livemig.engine.state import MigrationState
-from livemig.errors import LivemigError, MigrationError, NotMigrating, QemuDied, UsageError
+from livemig.errors import (
+    LivemigError,
+    MigrationError,
+    MigrationFailed,
+    NotMigrating,
+    QemuDied,
+    UsageError,
+)
 from livemig.lab import Lab
 from livemig.observe.heartbeat import HeartbeatReader, guest_stats
+from livemig.policy import parse_policy
 from livemig.qemu.binary import find_qemu
 from livemig.qemu.instance import QemuInstance
 from livemig.qemu.monitor import Monitor
-from livemig.registry import Registry, VMRecord
+from livemig.registry import Registry, VMRecord, pid_alive
 
 __all__ = ["MigrationJob"]
 
@@ -98,7 +106,7 @@ class MigrationJob:
             raise QemuDied(self.name, f"{self.name}: its QEMU (pid {rec.instance.pid}) is not running")
         if rec.migration and rec.migration.get("state") not in ("completed", "failed", "cancelled"):
             owner = int(rec.migration.get("owner_pid", 0))
-            if owner and _pid_alive(owner):
+            if owner and pid_alive(owner):
                 raise MigrationError(f"{self.name} is already migrating (livemig pid {owner})")
         dst_netns, link = self._placement(rec)
         qemu = find_qemu()
@@ -108,8 +116,54 @@ class MigrationJob:
         rec.migration = {
             "state": "setup", "owner_pid": os.getpid(), "dst": dst_inst.to_dict(),
             "policy": str(self.options.policy), "started": time.time(), "to_host": self.to_host,
+            "address": self.options.address, "preempt": self.options.preempt, "link": link,
         }  # fmt: skip
         reg.save(rec)
+        return await self._drive(rec, dst_inst, link, attach=False)
+
+    async def attach(self, recover_deadline_s: float | None = None) -> MigrationReport:
+        """Take over ``name``'s migration after its livemig process died (or after a
+        recovery deadline passed): reattach to both QMP sockets and take it to an end."""
+        reg = self.registry
+        rec = reg.load(self.name)
+        mig = rec.migration
+        if not mig or mig.get("state") in ("completed", "failed", "cancelled") or "dst" not in mig:
+            raise NotMigrating(f"{self.name} has no unfinished migration to take over")
+        owner = int(mig.get("owner_pid", 0))
+        if owner and owner != os.getpid() and pid_alive(owner):
+            raise MigrationError(f"{self.name}'s migration is driven by livemig pid {owner}, which is alive")
+        dst_inst = QemuInstance.from_dict(mig["dst"])
+        if not dst_inst.alive():
+            if rec.instance.alive() and mig.get("state") in ("setup", "precopy"):
+                rec.migration = None
+                reg.save(rec)
+                raise MigrationFailed(
+                    f"{self.name}: the destination QEMU is gone; the VM runs on the source "
+                    f"(pid {rec.instance.pid}), nothing to take over", phase=str(mig.get("state"))
+                )  # fmt: skip
+            raise MigrationFailed(f"{self.name}: the destination QEMU (pid {dst_inst.pid}) is gone")
+        if not rec.instance.alive():
+            raise MigrationFailed(
+                f"{self.name}: the source QEMU (pid {rec.instance.pid}) is gone; the destination "
+                f"(pid {dst_inst.pid}) is kept for inspection", phase=str(mig.get("state"))
+            )  # fmt: skip
+        self.to_host = mig.get("to_host")
+        self.options = dataclasses.replace(
+            self.options,
+            policy=parse_policy(str(mig.get("policy", self.options.policy))),
+            address=str(mig.get("address", self.options.address)),
+            preempt=mig.get("preempt"),
+            recover_deadline_s=recover_deadline_s or self.options.recover_deadline_s,
+        )
+        mig["owner_pid"] = os.getpid()
+        reg.save(rec)
+        return await self._drive(rec, dst_inst, mig.get("link"), attach=True)
+
+    async def _drive(
+        self, rec: VMRecord, dst_inst: QemuInstance, link: dict[str, Any] | None, attach: bool
+    ) -> MigrationReport:
+        reg = self.registry
+        qemu = find_qemu()
         vmlog = self.log
         src_mon = Monitor(self.name, "src", rec.instance.paths.qmp, vmlog.getChild("src"))
         dst_mon = Monitor(self.name, "dst", dst_inst.paths.qmp, vmlog.getChild("dst"))
@@ -140,7 +194,7 @@ class MigrationJob:
                 server = ControlServer(reg.control_socket(self.name), self)
                 await server.start()
             t0 = time.time()
-            report = await mig.run()
+            report = await (mig.attach() if attach else mig.run())
             if report.status == "completed":
                 await asyncio.sleep(STALL_GRACE_S)
             report.guest = guest_stats([b for r in readers for b in r.beats], start_ts=t0).to_dict()
@@ -169,6 +223,8 @@ class MigrationJob:
     def _placement(self, rec: VMRecord) -> tuple[str | None, dict[str, Any] | None]:
         """Where the destination runs: on this machine, or on the lab host ``to_host``
         (then it listens on that host's address, across the shaped link)."""
+        if self.options.tls and self.options.tls_dirs is None and self.to_host is None:
+            raise UsageError("--tls needs lab hosts (their certificates): migrate with --to HOST")
         if self.to_host is None:
             if rec.host is not None:
                 raise UsageError(f"{self.name} runs on lab host {rec.host}: say where to (--to HOST)")
@@ -181,6 +237,9 @@ class MigrationJob:
             raise UsageError(f"{self.name} already runs on {self.to_host}")
         lab.host(rec.host)
         self.options = dataclasses.replace(self.options, address=dst.address)
+        if self.options.tls and self.options.tls_dirs is None:
+            dirs = (str(lab.pki_dir(rec.host)), str(lab.pki_dir(self.to_host)))
+            self.options = dataclasses.replace(self.options, tls_dirs=dirs)
         shaping = lab.plan.shaping
         link = {
             "from": rec.host, "to": self.to_host, "shaping": str(shaping), "rate_bps": shaping.rate_bps,
@@ -236,13 +295,25 @@ class MigrationJob:
                 f"source (pid {rec.instance.pid})" if rec.instance.alive() else "lost: the source QEMU died"
             )
         else:
-            # Post-copy trouble: memory is split between the two QEMUs. Keep both.
+            # Post-copy trouble: memory is split between the two QEMUs. Keep both, never kill.
             assert rec.migration is not None
             rec.migration["state"] = str(state)
-            report.where = (
-                f"split: destination pid {dst.pid} runs the vCPUs, source pid {rec.instance.pid} "
-                "holds the pages not yet sent; both are kept paused (see `livemig recover`)"
-            )
+            src_alive, dst_alive = rec.instance.alive(), dst.alive()
+            if state is S.FAILED and not src_alive:
+                report.where = (
+                    f"destination pid {dst.pid} (paused, kept for inspection); the source died after "
+                    "the switch with pages not yet sent: unrecoverable"
+                )
+            elif state is S.FAILED and not dst_alive:
+                report.where = (
+                    f"lost: the destination died after the switch; source pid {rec.instance.pid} "
+                    "holds a stale, stopped copy (kept for inspection)"
+                )
+            else:
+                report.where = (
+                    f"split: destination pid {dst.pid} holds the vCPUs, source pid {rec.instance.pid} "
+                    f"the pages not yet sent; both are paused. Resume with `livemig recover {self.name}`"
+                )
         self.registry.save(rec)
 
     async def _quit_source(self, rec: VMRecord, report: MigrationReport, src_mon: Monitor) -> None:
@@ -280,26 +351,3 @@ def parse_faultprobe(msg: str) -> dict[str, Any]:
         out[f"{key}_ms"] = round(int(kv[f"{key}_ns"]) / 1e6, 4)
     out["hist_log2us"] = [int(x) for x in kv["hist_log2us"].split(",")]
     return out
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def describe(report: MigrationReport) -> dict[str, Any]:
-    """A short summary of a report, for tables."""
-    return {
-        "policy": report.policy,
-        "status": report.status,
-        "switched_at_pass": report.switched_at_pass,
-        "blackout_ms": report.blackout_ms,
-        "max_stall_ms": report.guest.get("max_stall_ms"),
-        "stalls_over_100ms": report.guest.get("stalls_over_100ms"),
-        "total_time_ms": report.total_time_ms,
-    }

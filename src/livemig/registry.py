@@ -16,9 +16,9 @@ from typing import Any
 from livemig.errors import LivemigError, VMExists, VMNotFound
 from livemig.paths import ensure_private_dir, runtime_dir
 from livemig.qemu.instance import QemuInstance
-from livemig.spec import VMSpec
+from livemig.spec import VMSpec, is_vm_name
 
-__all__ = ["Registry", "VMRecord"]
+__all__ = ["Registry", "VMRecord", "pid_alive"]
 
 
 @dataclass
@@ -39,12 +39,10 @@ class VMRecord:
     def status(self) -> str:
         if not self.instance.alive():
             return "dead"
-        if self.migration and self.migration.get("state") not in (
-            None,
-            "completed",
-            "failed",
-            "cancelled",
-        ):
+        if self.migration and self.migration.get("state") not in (None, "completed", "failed", "cancelled"):
+            owner = int(self.migration.get("owner_pid", 0))
+            if owner and not pid_alive(owner):
+                return f"orphaned:{self.migration.get('state')}"  # `livemig migrate --attach` takes it over
             return f"migrating:{self.migration.get('state')}"
         return "running"
 
@@ -72,6 +70,16 @@ class VMRecord:
         )
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Registry:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or runtime_dir()
@@ -81,14 +89,16 @@ class Registry:
         return f"<Registry {self.root}>"
 
     def _path(self, name: str) -> Path:
+        if not is_vm_name(name):  # names become file names: nothing else may reach the disk
+            raise VMNotFound(str(name), f"no VM named {name!r} (see `livemig vm list`)")
         return self.vms / f"{name}.json"
 
     def control_socket(self, name: str) -> Path:
-        return self.vms / f"{name}.ctl"
+        return self._path(name).with_suffix(".ctl")
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
-        fd = os.open(self.vms / f"{name}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fd = os.open(self._path(name).with_suffix(".lock"), os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -131,7 +141,7 @@ class Registry:
     def remove(self, name: str) -> None:
         for suffix in (".json", ".lock", ".ctl"):
             with contextlib.suppress(FileNotFoundError):
-                (self.vms / f"{name}{suffix}").unlink()
+                self._path(name).with_suffix(suffix).unlink()
 
     def names(self) -> list[str]:
         return sorted(p.stem for p in self.vms.glob("*.json"))

@@ -11,11 +11,16 @@ from typing import Any, Final
 from livemig.errors import SpecError
 from livemig.guest.workload import Workload, parse_workload
 
-__all__ = ["ACCELS", "VMSpec", "parse_size_mib"]
+__all__ = ["ACCELS", "VMSpec", "is_vm_name", "parse_size_mib"]
 
 ACCELS: Final = ("auto", "tcg", "kvm")
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 _SIZE_RE: Final = re.compile(r"^\s*(\d+)\s*([MmGg]i?[Bb]?)?\s*$")
+
+
+def is_vm_name(name: str) -> bool:
+    """A VM name: 1-40 letters, digits, '.', '_', '-', not starting with a dot (it is a file name)."""
+    return isinstance(name, str) and bool(_NAME_RE.match(name))
 
 
 def parse_size_mib(value: str | int, field_name: str = "memory") -> int:

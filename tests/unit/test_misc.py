@@ -73,3 +73,16 @@ def test_portal_refuses_its_own_thread() -> None:
         t.start()
         t.join()
         assert results and results[0] != threading.get_ident()
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "\x00", ".hidden", "x" * 41, ""])
+def test_registry_refuses_names_that_are_not_vm_names(tmp_path: Path, name: str) -> None:
+    from livemig.errors import VMNotFound
+    from livemig.registry import Registry
+
+    reg = Registry(tmp_path)
+    with pytest.raises(VMNotFound):
+        reg.load(name)
+    with pytest.raises(VMNotFound), reg.lock(name):
+        pass
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["vms"]

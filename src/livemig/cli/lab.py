@@ -65,6 +65,16 @@ def lab_shape(bandwidth: str, burst: str, latency: str) -> None:
     _print_status(the_lab)
 
 
+@lab.command("link")
+@click.argument("host")
+@click.argument("state", type=click.Choice(["up", "down"]))
+def lab_link(host: str, state: str) -> None:
+    """Cut (down) or restore (up) HOST's link at the switch: fault injection."""
+    the_lab = Lab.load(Registry().root)
+    the_lab.set_link(host, state == "up")
+    out.print(f"{host}: link {state}")
+
+
 @lab.command("down")
 def lab_down() -> None:
     """Remove exactly what `lab up` made (idempotent). Refused while VMs run on lab hosts."""

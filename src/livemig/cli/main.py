@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -178,7 +179,14 @@ def migration_options(
     port: int,
     address: str,
     multifd: bool,
+    stall_timeout: float = 5.0,
+    recover_deadline: float = 120.0,
+    recover: bool = True,
 ) -> MigrationOptions:
+    if not 0.5 <= stall_timeout <= 600:
+        raise UsageError(f"--stall-timeout {stall_timeout}: out of range [0.5, 600] s")
+    if not 1 <= recover_deadline <= 86400:
+        raise UsageError(f"--recover-deadline {recover_deadline}: out of range [1, 86400] s")
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port}: out of range [0, 65535]")
     if downtime_limit is not None and not 1 <= downtime_limit <= 2000:
@@ -194,6 +202,9 @@ def migration_options(
         multifd=multifd,
         address=address,
         port=port,
+        stall_timeout_s=stall_timeout,
+        recover_deadline_s=recover_deadline,
+        recover=recover,
     )
 
 
@@ -260,6 +271,17 @@ def _fmt(v: Any) -> str:
 @click.option("--to", "to_host", default=None, help="Destination lab host.")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Destination listening address.")
 @click.option("--port", default=0, type=int, help="Destination port (0: pick a free one).")
+@click.option("--stall-timeout", default=5.0, show_default=True, type=float,
+              help="Seconds without progress that mean the link is down.")  # fmt: skip
+@click.option("--recover-deadline", default=120.0, show_default=True, type=float,
+              help="Post-copy: keep retrying recovery this long; then both QEMUs stay paused.")  # fmt: skip
+@click.option(
+    "--no-recover", is_flag=True, help="Post-copy: do not recover by itself (use `livemig recover`)."
+)
+@click.option("--attach", is_flag=True, help="Take over NAME's migration whose livemig process died.")
+@click.option(
+    "--tls", is_flag=True, help="Encrypt and authenticate every channel (x509; lab hosts' certificates)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.pass_context
@@ -275,16 +297,50 @@ def migrate(
     to_host: str | None,
     address: str,
     port: int,
+    stall_timeout: float,
+    recover_deadline: float,
+    no_recover: bool,
+    attach: bool,
+    tls: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Migrate VM NAME live (default: one pre-copy pass, then post-copy)."""
+    """Migrate VM NAME live (default: one pre-copy pass, then post-copy).
+
+    If NAME's last migration was left behind by a livemig process that died, this
+    takes it over (as --attach does) instead of starting another."""
     opts = migration_options(
-        policy, bandwidth, downtime_limit, postcopy_bandwidth, no_preempt, port, address, multifd
-    )
+        policy, bandwidth, downtime_limit, postcopy_bandwidth, no_preempt, port, address, multifd,
+        stall_timeout, recover_deadline, not no_recover,
+    )  # fmt: skip
+    opts = dataclasses.replace(opts, tls=tls)
     reg = _registry(ctx)
-    reg.load(name)  # a clear error before anything starts
-    report = run_migration(name, opts, reg, to_host, quiet)
+    rec = reg.load(name)  # a clear error before anything starts
+    if not attach and rec.status.startswith("orphaned:"):
+        err.print(f"{name}: a migration left by a livemig process that died; taking it over")
+        attach = True
+    report = run_migration(name, opts, reg, to_host, quiet, attach=attach)
+    _conclude(name, report, as_json)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--deadline", default=120.0, show_default=True, type=float,
+              help="Keep retrying this long; then both QEMUs stay paused.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@click.pass_context
+def recover(ctx: click.Context, name: str, deadline: float, as_json: bool, quiet: bool) -> None:
+    """Recover NAME's paused post-copy migration (like virsh --postcopy-resume) and finish it."""
+    reg = _registry(ctx)
+    reg.load(name)
+    opts = migration_options(
+        "manual", None, None, None, False, 0, "127.0.0.1", False, recover_deadline=deadline
+    )
+    _conclude(name, run_migration(name, opts, reg, None, quiet, attach=True), as_json)
+
+
+def _conclude(name: str, report: MigrationReport, as_json: bool) -> None:
     if as_json:
         click.echo(report.to_json())
     else:
@@ -301,25 +357,26 @@ def run_migration(
     reg: Registry,
     to_host: str | None = None,
     quiet: bool = False,
+    attach: bool = False,
 ) -> MigrationReport:
     t0 = time.time()
-
     job = MigrationJob(name, opts, reg, to_host)
-    job.validate()
+    if not attach:
+        job.validate()
 
     async def go() -> MigrationReport:
         if not quiet:
             job.on_event(lambda ev: _print_event(t0, ev))
         bar = asyncio.create_task(show_progress(job, err)) if not quiet and err.is_terminal else None
         try:
-            return await job.run()
+            return await (job.attach(opts.recover_deadline_s) if attach else job.run())
         finally:
             if bar is not None:
                 bar.cancel()
                 await asyncio.gather(bar, return_exceptions=True)
 
     if not quiet:
-        err.print(f"migrating {name} with policy {opts.policy} ...")
+        err.print(f"{'taking over' if attach else 'migrating'} {name} ...")
     return asyncio.run(go())
 
 

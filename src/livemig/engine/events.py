@@ -29,6 +29,7 @@ EVENT_NAMES: Final = (
     "cancelled",
     "postcopy-paused",
     "postcopy-recovered",
+    "attached",
 )
 
 

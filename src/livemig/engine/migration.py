@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from qemu.qmp import EventListener
 
 from livemig.engine.events import MigrationEvent, Side, qemu_timestamp, translate
+from livemig.engine.recovery import Backoff
 from livemig.engine.report import MigrationReport
-from livemig.engine.state import TERMINAL, MigrationState, StateMachine, require
+from livemig.engine.state import TERMINAL, MigrationState, StateMachine, path, require
 from livemig.errors import (
     LivemigError,
     MigrationFailed,
@@ -39,6 +41,14 @@ log = logging.getLogger(__name__)
 S = MigrationState
 PAGE = 4096
 WATCHED = ("MIGRATION", "MIGRATION_PASS", "STOP", "RESUME")
+RESUMING: Final = frozenset({"postcopy-recover-setup", "postcopy-recover"})
+# The source QEMU's migration status when livemig reattaches -> the state to resume in.
+ATTACH_STATE: dict[str, MigrationState] = {
+    "setup": S.SETUP, "active": S.PRECOPY, "device": S.PRECOPY, "pre-switchover": S.PRECOPY,
+    "completed": S.PRECOPY, "postcopy-active": S.POSTCOPY, "postcopy-paused": S.POSTCOPY_PAUSED,
+    "postcopy-recover-setup": S.POSTCOPY_PAUSED, "postcopy-recover": S.POSTCOPY_PAUSED,
+    "failed": S.FAILED, "cancelling": S.CANCELLED, "cancelled": S.CANCELLED,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,16 @@ class MigrationOptions:
     port: int = 0  # 0: the destination picks a free port
     tick_s: float = 0.25
     confirm_timeout_s: float = 30.0
+    # Reliability: no bytes moved for stall_timeout_s means the link is gone. In pre-copy
+    # the migration is cancelled (the VM stays on the source); in post-copy both sides
+    # are paused and recovery is retried with backoff until recover_deadline_s.
+    # TLS: (source dir, destination dir) of x509 credentials; covers every channel.
+    tls_dirs: tuple[str, str] | None = None
+    tls: bool = False  # ask for TLS; the job fills tls_dirs (the lab's PKI) or refuses
+    stall_timeout_s: float = 5.0
+    recover: bool = True
+    recover_deadline_s: float = 120.0
+    recover_attempt_s: float = 10.0
 
 
 @dataclass
@@ -126,6 +146,12 @@ class Migration:
         self._decisions: list[dict[str, Any]] = []
         self._src_completed = False
         self._src_completed_delivered: float | None = None
+        self._side_status: dict[str, str] = {}  # each QEMU's latest MIGRATION status (pushed)
+        self._status_seq = 0
+        self._progress_at: float | None = None
+        self._watchdog_fired = False
+        self._cancel_is_failure = False
+        self._recovery: dict[str, Any] | None = None
         self._dst_resumed = False
         self._dst_running_confirmed = False
         self._failure: str | None = None
@@ -256,6 +282,7 @@ class Migration:
         arg = {"capabilities": [{"capability": k, "state": v} for k, v in self.caps.items()]}
         # Order matters (NOTES): destination capabilities, then migrate-incoming; then source.
         await self.dst.monitor.execute("migrate-set-capabilities", arg)
+        tls_params = await self._tls()
         for ep in (self.src, self.dst):
             self._listen(ep)
         port = self.options.port
@@ -274,7 +301,7 @@ class Migration:
             port = int(addrs[0]["port"])
         self.uri = f"tcp:{self.options.address}:{port}"
         await self.src.monitor.execute("migrate-set-capabilities", arg)
-        params: dict[str, Any] = {}
+        params: dict[str, Any] = dict(tls_params)
         if self.options.max_bandwidth is not None:
             params["max-bandwidth"] = self.options.max_bandwidth
         if self.options.downtime_limit_ms is not None:
@@ -284,6 +311,21 @@ class Migration:
         if params:
             await self.src.monitor.execute("migrate-set-parameters", params)
         self.params = params
+
+    async def _tls(self) -> dict[str, Any]:
+        """x509 credentials on both sides (a fresh id each time); the destination's are set
+        before it listens. Returns the source's parameters."""
+        if self.options.tls_dirs is None:
+            return {}
+        cid = f"lm-tls-{secrets.token_hex(3)}"
+        src_dir, dst_dir = self.options.tls_dirs
+        for ep, d, role in ((self.dst, dst_dir, "server"), (self.src, src_dir, "client")):
+            await ep.monitor.execute(
+                "object-add",
+                {"qom-type": "tls-creds-x509", "id": cid, "dir": d, "endpoint": role, "verify-peer": True},
+            )
+        await self.dst.monitor.execute("migrate-set-parameters", {"tls-creds": cid})
+        return {"tls-creds": cid, "tls-hostname": self.options.address}
 
     def _listen(self, ep: Endpoint) -> None:
         lst = ep.monitor.listener(WATCHED)
@@ -314,6 +356,9 @@ class Migration:
             self._dst_resumed = True
         if name == "MIGRATION_PASS" and side == "src":
             self._passes = max(self._passes, int(msg["data"]["pass"]))
+        if name == "MIGRATION":
+            self._side_status[side] = str(status)
+            self._status_seq += 1
         if ev is not None and ev.name != "completed":
             self._publish(ev)
         if name == "MIGRATION":
@@ -334,7 +379,10 @@ class Migration:
         elif status == "failed":
             await self._fail(f"{'source' if side == 'src' else 'destination'} QEMU reports failed")
         elif status == "cancelled" and side == "src" and st in (S.SETUP, S.PRECOPY):
-            await self._set_state(S.CANCELLED, "source reports cancelled")
+            if self._cancel_is_failure:
+                await self._fail(self._failure or "cancelled after a failure")
+            else:
+                await self._set_state(S.CANCELLED, "source reports cancelled")
         elif status == "postcopy-paused" and st is S.POSTCOPY:
             await self._set_state(S.POSTCOPY_PAUSED, f"{side} reports postcopy-paused")
 
@@ -342,8 +390,17 @@ class Migration:
         await ep.monitor.lost.wait()
         if self._sm.terminal or (ep.side == "src" and self._src_completed):
             return
-        who = "source" if ep.side == "src" else "destination"
-        await self._fail(f"the {who} QEMU went away (QMP connection lost) during {self.state}")
+        split = self.state in (S.POSTCOPY, S.POSTCOPY_PAUSED)
+        if split and ep.side == "src":
+            why = (f"the source QEMU died during {self.state}: the pages it had not sent are gone, "
+                   "so the VM cannot be recovered; the destination is left paused for inspection")  # fmt: skip
+        elif split:
+            why = (f"the destination QEMU died during {self.state}, after the switch: the VM's running "
+                   "state is lost and the source holds only a stale copy")  # fmt: skip
+        else:
+            who = "source" if ep.side == "src" else "destination"
+            why = f"the {who} QEMU went away (QMP connection lost) during {self.state}"
+        await self._fail(why)
 
     async def _fail(self, why: str) -> None:
         if self._sm.terminal:
@@ -412,8 +469,125 @@ class Migration:
                     mbps=float(ram.get("mbps", 0.0)),
                 )
                 self._timeline.append(self._last)
+                self._watchdog(self._last)
                 await self._evaluate("tick")
             await asyncio.sleep(self.options.tick_s)
+
+    # -- reliability ---------------------------------------------------------
+    def _watchdog(self, sample: _Sample) -> None:
+        """No bytes moved for ``stall_timeout_s``: the link is gone (a stalled TCP
+        stream does not fail by itself for minutes)."""
+        prev = self._timeline[-2].transferred if len(self._timeline) > 1 else None
+        now = time.time()
+        if prev is None or sample.transferred != prev or self._progress_at is None:
+            self._progress_at = now
+            self._watchdog_fired = False
+            return
+        stalled = now - self._progress_at
+        if self._watchdog_fired or stalled < self.options.stall_timeout_s:
+            return
+        self._watchdog_fired = True
+        if self.state in (S.SETUP, S.PRECOPY):
+            reason = f"no migration progress for {stalled:.1f}s in {self.state} (is the link down?)"
+            self._tasks.append(asyncio.create_task(self._abort_precopy(reason), name="abort-precopy"))
+        elif self.state is S.POSTCOPY:
+            reason = f"no migration progress for {stalled:.1f}s in post-copy (is the link down?)"
+            self._tasks.append(asyncio.create_task(self._pause(reason), name="pause"))
+
+    async def _abort_precopy(self, reason: str) -> None:
+        """Cancel a pre-copy that cannot go on; the source keeps the whole VM."""
+        info = await self.src.monitor.execute("query-migrate")
+        if str(info.get("status")).startswith("postcopy"):
+            return  # switched meanwhile: never cancel after the switch
+        self.log.warning("%s: cancelling, the VM stays on the source", reason)
+        self._failure, self._failure_phase = reason, str(self.state)
+        self._cancel_is_failure = True
+        await self.src.monitor.execute("migrate_cancel")
+
+    async def _pause(self, reason: str) -> None:
+        """Pause post-copy on both sides (out of band: it must get through a busy monitor)."""
+        self.log.warning("%s: pausing both sides to recover", reason)
+        self._recovery = self._recovery or {"pauses": 0, "attempts": 0, "recovered": 0}
+        self._recovery["pauses"] += 1
+        self._recovery["last_reason"] = reason
+        for ep in (self.src, self.dst):
+            if self._side_status.get(ep.side) != "postcopy-paused":
+                with contextlib.suppress(QMPCommandError):
+                    await ep.monitor.execute("migrate-pause", oob=True)
+
+    async def _wait_status(self, side: Side, ok: set[str], bad: set[str], timeout: float) -> str | None:
+        """Wait for ``side``'s next pushed MIGRATION status in ``ok`` or ``bad``."""
+        seq = self._status_seq
+        want = ok | bad
+
+        def reached() -> bool:
+            st = self._side_status.get(side)
+            return st in ok or (self._status_seq > seq and st in want) or self._sm.terminal
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(reached)
+        return self._side_status.get(side)
+
+    async def _recover(self, deadline_s: float | None = None) -> bool:
+        """Retry recovery with backoff until the deadline; True once post-copy runs again."""
+        backoff = Backoff(deadline_s if deadline_s is not None else self.options.recover_deadline_s)
+        self._recovery = self._recovery or {"pauses": 1, "attempts": 0, "recovered": 0}
+        started = time.time()
+        self._publish(MigrationEvent("postcopy-paused", {"side": "livemig", "recovering": True}))
+        for wait in backoff.waits():
+            if time.time() + wait - started > backoff.deadline_s or self._sm.terminal:
+                break
+            await asyncio.sleep(wait)
+            if self.src.monitor.lost.is_set() or self.dst.monitor.lost.is_set():
+                return False
+            self._recovery["attempts"] += 1
+            try:
+                if await self._recover_once():
+                    took = time.time() - started
+                    self._recovery["recovered"] += 1
+                    self._recovery["last_recovery_ms"] = round(took * 1000, 1)
+                    self._publish(MigrationEvent(
+                        "postcopy-recovered",
+                        {"attempts": self._recovery["attempts"], "paused_ms": round(took * 1000, 1)},
+                    ))  # fmt: skip
+                    await self._set_state(S.POSTCOPY, "recovered")
+                    self._progress_at, self._watchdog_fired = time.time(), False
+                    return True
+            except LivemigError as exc:
+                self.log.info("recovery attempt %d: %s", self._recovery["attempts"], exc)
+        self.log.warning("recovery deadline (%gs) passed: both QEMUs stay paused", backoff.deadline_s)
+        return False
+
+    async def _recover_once(self) -> bool:
+        ok, paused = {"postcopy-active", "completed"}, {"postcopy-paused"}
+        if self._side_status.get("src") in ok:
+            return True  # an earlier attempt's connection went through after all
+        if self._side_status.get("src") in RESUMING:
+            # A resume is still connecting (a cut link: SYNs are retried for minutes). QEMU
+            # cannot pause that, so wait for it to connect or to fail.
+            st = await self._wait_status("src", ok, paused | {"failed"}, self.options.recover_attempt_s)
+            if st in ok:
+                return True
+            if st not in paused:
+                return False
+        for ep in (self.src, self.dst):
+            if self._side_status.get(ep.side) not in paused:
+                with contextlib.suppress(QMPCommandError):
+                    await ep.monitor.execute("migrate-pause", oob=True)
+                await self._wait_status(ep.side, paused, set(), 5.0)
+        if any(self._side_status.get(side) not in paused for side in ("src", "dst")):
+            return False
+        await self.dst.monitor.execute("migrate-recover", {"uri": f"tcp:{self.options.address}:0"}, oob=True)
+        info = await self.dst.monitor.execute("query-migrate")
+        addrs = info.get("socket-address") or []
+        if not addrs:
+            raise MigrationFailed("the destination did not report its recovery port", self.state)
+        uri = f"tcp:{self.options.address}:{addrs[-1]['port']}"
+        self.log.info("recovery: resuming over %s", uri)
+        await self.src.monitor.execute("migrate", {"uri": uri, "resume": True})
+        st = await self._wait_status("src", ok, paused | {"failed"}, self.options.recover_attempt_s)
+        return st in ok
 
     # -- commands ----------------------------------------------------------
     @require(S.SETUP, S.PRECOPY, S.POSTCOPY, why="post-copy can start only while pre-copy runs")
@@ -447,6 +621,9 @@ class Migration:
             self._failure = reason
         self.log.info("cancel: %s", reason)
         await self._migrate_issued.wait()
+        info = await self.src.monitor.execute("query-migrate")
+        if str(info.get("status")).startswith("postcopy"):
+            raise StateError("cancel", S.POSTCOPY, (S.SETUP, S.PRECOPY), "post-copy started first")
         await self.src.monitor.execute("migrate_cancel")
         async with self._changed:
             await self._changed.wait_for(lambda: self._sm.terminal or self.state is S.POSTCOPY)
@@ -456,15 +633,56 @@ class Migration:
     # -- the run -----------------------------------------------------------
     @require(S.IDLE, why="a Migration runs once")
     async def run(self) -> MigrationReport:
+        """Negotiate both sides, start the migration, and drive it to its end."""
+        return await self._drive(self._start)
+
+    @require(S.IDLE, why="a Migration runs once")
+    async def attach(self) -> MigrationReport:
+        """Take over a migration that QEMU carried on without its manager (livemig was
+        killed): learn where each QEMU is, then drive it to its end from there."""
+        return await self._drive(self._adopt)
+
+    async def _start(self) -> None:
         await self._set_state(S.SETUP, "run() called")
+        await self._negotiate()
+        self._timing.migrate_ts = time.time()
+        await self.src.monitor.execute("migrate", {"uri": self.uri})
+
+    async def _adopt(self) -> None:
+        for ep in (self.src, self.dst):
+            self._listen(ep)
+        caps = await self.src.monitor.execute("query-migrate-capabilities")
+        self.caps = {c["capability"]: True for c in caps if c["state"]}
+        self.preempt = self.caps.get("postcopy-preempt", False)
+        src_info = await self.src.monitor.execute("query-migrate")
+        dst_info = await self.dst.monitor.execute("query-migrate")
+        src_st, dst_st = str(src_info.get("status")), str(dst_info.get("status"))
+        self._side_status.update(src=src_st, dst=dst_st)
+        ram = src_info.get("ram") or {}
+        self._passes = int(ram.get("dirty-sync-count", 0))
+        total = src_info.get("total-time")
+        self._timing.migrate_ts = time.time() - (float(total) / 1000 if total else 0.0)
+        target = ATTACH_STATE.get(src_st)
+        if target is None:
+            raise MigrationFailed(f"cannot take over: the source QEMU's migration is {src_st!r}", self.state)
+        self._publish(MigrationEvent("attached", {"source": src_st, "destination": dst_st}))
+        for step in path(self.state, target):
+            await self._set_state(step, f"attached: source {src_st}, destination {dst_st}")
+        if target in (S.POSTCOPY, S.POSTCOPY_PAUSED):
+            self._postcopy_requested = True
+            self._timing.switch_reason = "switched before livemig reattached"
+        status = await self.dst.monitor.execute("query-status")
+        self._dst_resumed = bool(status.get("running")) or self._dst_resumed
+        self._src_completed = src_st == "completed"
+
+    async def _drive(self, begin: Callable[[], Any]) -> MigrationReport:
         try:
-            await self._negotiate()
-            self._timing.migrate_ts = time.time()
-            await self.src.monitor.execute("migrate", {"uri": self.uri})
+            await begin()
             self._migrate_issued.set()
-            self._tasks.append(asyncio.create_task(self._sampler(), name="sampler"))
-            await self._evaluate("start")
-            await self._wait_end()
+            if not self._sm.terminal:
+                self._tasks.append(asyncio.create_task(self._sampler(), name="sampler"))
+                await self._evaluate("start")
+                await self._wait_end()
         except LivemigError as exc:
             self._migrate_issued.set()
             if not self._sm.terminal:
@@ -483,10 +701,16 @@ class Migration:
         return report
 
     async def _wait_end(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(
-                lambda: self._sm.terminal or self._src_completed or self.state is S.POSTCOPY_PAUSED
-            )
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(
+                    lambda: self._sm.terminal or self._src_completed or self.state is S.POSTCOPY_PAUSED
+                )
+            if self.state is S.POSTCOPY_PAUSED and not self._src_completed:
+                if self.options.recover and await self._recover():
+                    continue
+                return  # both QEMUs stay paused; `livemig recover NAME` tries again
+            break
         if self._src_completed and not self._sm.terminal:
             await self._confirm_destination()
 
@@ -546,7 +770,10 @@ class Migration:
             qemu_version=self.qemu_version,
             accel=self.src.instance.accel,
             preempt=self.preempt,
-            channels=["main"] + (["postcopy-preempt"] if self.preempt else []),
+            channels=[
+                c + ("+tls" if self.options.tls_dirs else "")
+                for c in ["main"] + (["postcopy-preempt"] if self.preempt else [])
+            ],
             passes=self._passes,
             events=[e.to_dict() for e in self._events],
             decisions=list(self._decisions),
@@ -554,6 +781,7 @@ class Migration:
             error=self._failure,
             phase=self._failure_phase,
             parameters=dict(getattr(self, "params", {})),
+            recovery=dict(self._recovery) if self._recovery else None,
         )
         if (
             self.state is S.POSTCOPY

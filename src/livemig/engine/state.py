@@ -11,7 +11,7 @@ from typing import Any, Final, ParamSpec, Protocol, TypeVar
 
 from livemig.errors import StateError
 
-__all__ = ["TERMINAL", "TRANSITIONS", "MigrationState", "StateMachine", "require"]
+__all__ = ["TERMINAL", "TRANSITIONS", "MigrationState", "StateMachine", "path", "require"]
 
 
 class MigrationState(enum.Enum):
@@ -40,6 +40,22 @@ TRANSITIONS: Final[dict[MigrationState, frozenset[MigrationState]]] = {
     S.CANCELLED: frozenset(),
 }
 TERMINAL: Final = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+
+
+def path(start: MigrationState, goal: MigrationState) -> list[MigrationState]:
+    """The shortest legal walk from ``start`` to ``goal`` (excluding ``start``); used when
+    livemig reattaches to a migration that QEMU has carried on with meanwhile."""
+    frontier: list[list[MigrationState]] = [[start]]
+    seen = {start}
+    while frontier:
+        walk = frontier.pop(0)
+        if walk[-1] is goal:
+            return walk[1:]
+        for nxt in sorted(TRANSITIONS[walk[-1]], key=lambda s: s.value):
+            if nxt not in seen:
+                seen.add(nxt)
+                frontier.append([*walk, nxt])
+    raise StateError(f"reach {goal}", start, (), "no legal path")
 
 
 @dataclass(frozen=True)

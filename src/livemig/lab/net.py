@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,9 +128,22 @@ class Lab:
         log.info("lab up: %r", lab)
         return lab
 
+    def pki_dir(self, host: str) -> Path:
+        """``host``'s TLS credentials directory (QEMU's tls-creds-x509 ``dir``)."""
+        self.plan.host(host)
+        return self.root / "lab-pki" / host
+
+    def _issue_pki(self) -> None:
+        from livemig.lab.pki import issue_host, new_ca
+
+        ca = new_ca()
+        for h in self.plan.hosts:
+            issue_host(ca, self.pki_dir(h.name), h.name, h.address)
+
     def _build(self) -> None:
         from pyroute2 import netns
 
+        self._issue_pki()
         p = self.plan
         for name in p.namespaces:
             netns.create(name)
@@ -182,6 +196,14 @@ class Lab:
         self.plan = LabPlan(**{**self.plan.__dict__, "wmem_max": wmem})
         self._save()
 
+    def set_link(self, host: str, up: bool) -> None:
+        """Cut (or restore) ``host``'s link at the switch, like pulling its cable: no RST,
+        no FIN, packets just stop. Both directions, and the host sees no carrier change."""
+        h = self.plan.host(host)
+        with _ns(self.plan.switch_netns) as sw:
+            sw.link("set", index=_index(sw, h.port), state="up" if up else "down")
+        log.info("lab: link of %s %s", host, "restored" if up else "cut")
+
     def down(self) -> list[str]:
         """Remove the recorded namespaces (their links and qdiscs go with them)."""
         _require_root()
@@ -195,6 +217,7 @@ class Lab:
                 removed.append(name)
         with contextlib.suppress(FileNotFoundError):
             self.state_path(self.root).unlink()
+        shutil.rmtree(self.root / "lab-pki", ignore_errors=True)
         log.info("lab down: removed %s", removed)
         return removed
 

@@ -1,0 +1,173 @@
+"""Fault injection on real migrations across the lab: a cut link in pre-copy and in
+post-copy, QEMUs killed with SIGKILL, and livemig itself killed mid-migration.
+The VM must never be lost where recovery is possible, its memory must stay intact,
+and nothing may be left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from livemig.engine.events import MigrationEvent
+from livemig.engine.migration import MigrationOptions
+from livemig.lab import Lab, Shaping
+from livemig.policy import parse_policy
+from livemig.qemu.instance import QemuInstance
+from livemig.sync import SyncMigration
+
+from .conftest import VMFactory, qemu_running
+from .test_migration import beats_on
+
+pytestmark = [pytest.mark.integration, pytest.mark.lab]
+
+RATE = 12_500_000  # 100 mbit: post-copy of the guests below lasts several seconds
+
+
+def options(policy: str, **kw: float) -> MigrationOptions:
+    return MigrationOptions(policy=parse_policy(policy), stall_timeout_s=1.5, **kw)  # type: ignore[arg-type]
+
+
+def migrate_with(
+    vms: VMFactory,
+    opts: MigrationOptions,
+    on: str,
+    action: callable[[MigrationEvent], None],  # type: ignore[valid-type]
+) -> SyncMigration:
+    mig = SyncMigration("vm", options=opts, registry=vms.registry, to_host="dst")
+    fired = threading.Event()
+
+    def once(ev: MigrationEvent) -> None:
+        if not fired.is_set():
+            fired.set()
+            threading.Thread(target=action, args=(ev,), daemon=True).start()
+
+    mig.on(on, once)
+    mig.migrate()
+    return mig
+
+
+def cut_for(lab: Lab, host: str, after_s: float, outage_s: float) -> callable[[MigrationEvent], None]:  # type: ignore[valid-type]
+    def act(_ev: MigrationEvent) -> None:
+        time.sleep(after_s)
+        lab.set_link(host, up=False)
+        time.sleep(outage_s)
+        lab.set_link(host, up=True)
+
+    return act
+
+
+@pytest.fixture
+def lab(lab_env: Path) -> Lab:
+    return Lab.up(2, Shaping(RATE), lab_env)
+
+
+def test_link_cut_in_precopy_fails_in_bounded_time_and_keeps_the_source(lab: Lab, vms: VMFactory) -> None:
+    src = vms.start(workload="dirty:mib=96,pattern=seq", host="src")
+    t0 = time.monotonic()
+    mig = migrate_with(vms, options("postcopy-after:5"), "pass", cut_for(lab, "dst", 0.5, 20.0))
+    took = time.monotonic() - t0
+    report = mig.report
+    assert report is not None and report.status == "failed", report
+    assert report.phase == "precopy" and "no migration progress" in (report.error or "")
+    assert took < 15, f"took {took:.1f}s to give up"
+    rec = vms.record()
+    assert rec.instance.pid == src.instance.pid and rec.instance.alive() and rec.migration is None
+    assert [p.name for p in vms.runtime.glob("qemu/*")] == [src.instance.dir.name]
+    assert len(beats_on(rec.instance.paths.heartbeat)) > 50, "the guest stopped on the source"
+
+
+@pytest.mark.parametrize("outage_s", [2.0, 6.0])
+def test_link_cut_in_postcopy_recovers_with_memory_intact(lab: Lab, vms: VMFactory, outage_s: float) -> None:
+    vms.start(workload="verify:mib=128,rate=2", host="src")
+    mig = migrate_with(vms, options("postcopy-now"), "postcopy-started", cut_for(lab, "dst", 1.0, outage_s))
+    report = mig.report
+    assert report is not None and report.status == "completed", report.error
+    assert report.guest.get("verify", "").startswith("verify ok"), report.guest
+    names = [e["name"] for e in report.events]
+    if outage_s > 3:  # longer than the stall timeout: paused, then recovered
+        assert "postcopy-paused" in names and "postcopy-recovered" in names, names
+        assert names.index("postcopy-paused") < names.index("postcopy-recovered") < names.index("completed")
+        assert report.recovery and report.recovery["recovered"] >= 1, report.recovery
+    rec = vms.record()
+    assert rec.host == "dst" and rec.instance.alive()
+    assert len(beats_on(rec.instance.paths.heartbeat)) > 50
+
+
+def test_destination_killed_in_precopy_keeps_the_source(lab: Lab, vms: VMFactory) -> None:
+    src = vms.start(workload="dirty:mib=96,pattern=seq", host="src")
+
+    def kill_dst(_ev: MigrationEvent) -> None:
+        time.sleep(0.5)
+        dst = QemuInstance.from_dict(vms.record().migration["dst"])  # type: ignore[index]
+        os.kill(dst.pid, signal.SIGKILL)
+
+    mig = migrate_with(vms, options("postcopy-after:5"), "pass", kill_dst)
+    report = mig.report
+    assert report is not None and report.status == "failed" and report.phase == "precopy", report
+    assert report.where and report.where.startswith("source")
+    rec = vms.record()
+    assert rec.instance.pid == src.instance.pid and rec.instance.alive() and rec.migration is None
+    assert [p.name for p in vms.runtime.glob("qemu/*")] == [src.instance.dir.name]
+
+
+def test_source_killed_in_postcopy_is_unrecoverable_and_the_destination_is_kept(
+    lab: Lab, vms: VMFactory
+) -> None:
+    src = vms.start(workload="dirty:mib=160,pattern=seq", host="src")
+
+    def kill_src(_ev: MigrationEvent) -> None:
+        time.sleep(0.5)
+        os.kill(src.instance.pid, signal.SIGKILL)
+
+    mig = migrate_with(vms, options("postcopy-now"), "postcopy-started", kill_src)
+    report = mig.report
+    assert report is not None and report.status == "failed", report
+    assert "source QEMU died" in (report.error or "") and "unrecoverable" in (report.where or "")
+    dst = QemuInstance.from_dict(vms.record().migration["dst"])  # type: ignore[index]
+    assert dst.alive(), "the destination must be kept for inspection, not killed"
+
+
+def _livemig(runtime: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "LIVEMIG_RUNTIME_DIR": str(runtime)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "livemig", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("policy", "phase"), [("postcopy-after:2", "precopy"), ("postcopy-now", "postcopy")])
+def test_livemig_killed_mid_migration_is_taken_over(
+    lab: Lab, vms: VMFactory, policy: str, phase: str
+) -> None:
+    vms.start(workload="verify:mib=128,rate=2", host="src")
+    first = _livemig(vms.runtime, "migrate", "vm", "--to", "dst", "--policy", policy, "--quiet")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        mig = vms.record().migration or {}
+        if mig.get("state") == phase:
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=10)
+    rec = vms.record()
+    dst = QemuInstance.from_dict(rec.migration["dst"])  # type: ignore[index]
+    assert rec.instance.alive() and dst.alive(), "QEMU must outlive livemig"
+    assert rec.status == f"orphaned:{phase}"
+    second = _livemig(vms.runtime, "migrate", "vm", "--json", "--quiet")  # the next command takes it over
+    out, errs = second.communicate(timeout=180)
+    assert second.returncode == 0, errs
+    report = json.loads(out)
+    assert report["status"] == "completed" and report["events"][0]["name"] == "attached"
+    assert report["guest"]["verify"].startswith("verify ok")
+    after = vms.record()
+    assert after.host == "dst" and after.instance.pid == dst.pid and after.migration["state"] == "completed"  # type: ignore[index]
+    assert not qemu_running(rec.instance.pid)

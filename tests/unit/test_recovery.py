@@ -1,0 +1,61 @@
+"""Recovery's schedule and the state walk used when reattaching (pure logic)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from livemig.engine.migration import ATTACH_STATE
+from livemig.engine.recovery import Backoff
+from livemig.engine.state import TRANSITIONS, MigrationState, path
+from livemig.errors import StateError
+
+S = MigrationState
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    waits = list(itertools.islice(Backoff(first_s=0.5, max_s=4.0).waits(), 7))
+    assert waits == [0.0, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    ("deadline", "attempt", "starts"),
+    [
+        (10.0, 1.0, [0.0, 1.5, 3.5, 6.5]),  # waits 0, .5, 1, 2, then 4 would start at 11.5
+        (120.0, 10.0, [0.0, 10.5, 21.5, 33.5, 47.5, 65.5, 83.5, 101.5, 119.5]),
+        (0.1, 5.0, [0.0]),
+    ],
+)
+def test_backoff_plan_stops_at_the_deadline(deadline: float, attempt: float, starts: list[float]) -> None:
+    assert Backoff(deadline_s=deadline).plan(attempt) == starts
+
+
+@pytest.mark.parametrize(
+    ("goal", "walk"),
+    [
+        (S.PRECOPY, [S.SETUP, S.PRECOPY]),
+        (S.POSTCOPY, [S.SETUP, S.PRECOPY, S.POSTCOPY]),
+        (S.POSTCOPY_PAUSED, [S.SETUP, S.PRECOPY, S.POSTCOPY, S.POSTCOPY_PAUSED]),
+        (S.FAILED, [S.FAILED]),
+        (S.CANCELLED, [S.SETUP, S.CANCELLED]),
+    ],
+)
+def test_attach_walks_a_legal_path(goal: MigrationState, walk: list[MigrationState]) -> None:
+    got = path(S.IDLE, goal)
+    assert got == walk
+    for a, b in itertools.pairwise([S.IDLE, *got]):
+        assert b in TRANSITIONS[a]
+
+
+def test_no_path_out_of_a_terminal_state() -> None:
+    with pytest.raises(StateError):
+        path(S.COMPLETED, S.POSTCOPY)
+
+
+def test_every_qemu_status_maps_to_a_reachable_state() -> None:
+    for status, state in ATTACH_STATE.items():
+        assert path(S.IDLE, state), status
+    # never "resume" a switched migration as pre-copy, where cancel would be allowed
+    assert ATTACH_STATE["postcopy-active"] is S.POSTCOPY
+    assert ATTACH_STATE["postcopy-recover"] is S.POSTCOPY_PAUSED
