@@ -17,11 +17,26 @@ __all__ = ["Summary", "load_results", "summarize", "targets", "write_report"]
 KEY_METRICS: dict[str, tuple[str, ...]] = {
     "idle": ("total_time_ms", "time_vs_bound", "blackout_ms", "max_stall_ms"),
     "converge": ("total_time_ms", "time_vs_bound", "blackout_ms", "max_stall_ms"),
-    "nonconverge": ("completed", "total_time_ms", "max_stall_ms", "bytes_transferred"),
+    "nonconverge": ("total_time_ms", "max_stall_ms", "blackout_ms", "bytes_transferred"),
     "stream": ("max_stall_ms", "stalls_over_100ms", "blackout_ms", "total_time_ms"),
     "faults": ("fault_mean_ms", "fault_p99_ms", "postcopy_requests", "postcopy_blocktime_ms"),
     "events": ("event_latency_median_ms", "event_latency_max_ms", "poll_latency_mean_ms"),
 }
+
+
+TCG_NOTES: tuple[str, ...] = (
+    "- These runs use TCG (this machine's KVM cannot run guests). The guest runs many times slower "
+    "than under KVM, so its dirty rates, the cost of each post-copy fault inside the guest and "
+    "every stall are TCG's figures. Ratios between policies, measured side by side, carry over "
+    "better than absolute times.",
+    "- Two TCG QEMUs keep both of this machine's cores busy during a migration, and livemig competes "
+    "with them for CPU. Pushed-event delivery latency is therefore partly scheduling delay: its "
+    "median stays well under 1 ms, and its tail is where the 1 ms target fails.",
+    "- Total time is judged against the physical bound: RAM bytes QEMU sent divided by the tbf rate. "
+    "TCP/IP headers also pass through tbf, so about 1.03x is the floor, whatever the accelerator.",
+    "- QEMU's own `downtime` in post-copy counts until completion, not the pause; `blackout_ms` (source "
+    "STOP to destination RESUME, QEMU's timestamps) and the guest's `max_stall_ms` are the pause.",
+)
 
 
 @dataclass(frozen=True)
@@ -95,6 +110,11 @@ def summarize(results: Iterable[dict[str, Any]]) -> list[Summary]:
     return sorted(groups.values(), key=key)
 
 
+def _p99(values: list[float]) -> float:
+    """The 99th percentile, never beyond the largest value measured."""
+    return statistics.quantiles(values, n=100, method="inclusive")[98] if len(values) > 1 else values[0]
+
+
 def _by_cell(summaries: list[Summary]) -> dict[str, Summary]:
     return {s.cell: s for s in summaries}
 
@@ -120,10 +140,14 @@ def targets(summaries: list[Summary]) -> list[dict[str, Any]]:
               if e.get("latency_ms") is not None]  # fmt: skip
     polled = [v for s in ev for r in s.runs for v in (r.get("poll") or {}).get("latency_ms", {}).values()]
     if pushed and polled:
-        p99 = statistics.quantiles(pushed, n=100)[98] if len(pushed) >= 2 else pushed[0]
+        p99 = _p99(pushed)
+        everywhere = [float(e["latency_ms"]) for s in summaries for r in s.runs
+                      for e in r.get("report", {}).get("events", []) if e.get("latency_ms") is not None]  # fmt: skip
         add("events", "pushed p99 <= 1 ms; 50 ms polling ~25 ms mean",
-            f"pushed p99 {p99:.3f} ms (n={len(pushed)}); polling mean {statistics.fmean(polled):.1f} ms "
-            f"(n={len(polled)})", p99 <= 1.0)  # fmt: skip
+            f"pushed p99 {p99:.3f} ms, max {max(pushed):.3f} ms (n={len(pushed)}); polling mean "
+            f"{statistics.fmean(polled):.1f} ms (n={len(polled)}); pushed over every run of this report: "
+            f"median {statistics.median(everywhere):.3f} ms, p99 {_p99(everywhere):.3f} ms (n={len(everywhere)})",
+            p99 <= 1.0)  # fmt: skip
     else:
         add("events", "pushed p99 <= 1 ms; 50 ms polling ~25 ms mean", "not measured", None)
 
@@ -169,7 +193,11 @@ def plot_scenario(summaries: list[Summary], scenario: str, path: Path) -> Path |
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
-    labels = [s.cell.split("/", 1)[1] for s in cells]
+    labels = [
+        s.cell.split("/", 1)[1]
+        + ("" if s.completed == len(s.runs) else f"\n({s.completed}/{len(s.runs)} completed)")
+        for s in cells
+    ]
     for ax, metric in zip(axes[0], metrics, strict=True):
         for i, s in enumerate(cells):
             st = s.stat(metric)
@@ -242,6 +270,8 @@ def write_report(results_dir: Path, out_dir: Path, command: str = "", all_timeli
         d = any_run["dimensions"]
         lines += [f"QEMU {d['qemu_version']}, accelerator **{d['accel']}**, lab link shaped with tc tbf; "
                   f"{len(results)} runs. Cells: median (min-max) over their repeats.", ""]  # fmt: skip
+    if any_run and any_run["dimensions"]["accel"] == "tcg":
+        lines += ["## Reading these numbers (TCG)", "", *TCG_NOTES, ""]
     lines += ["## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
     for t in targets(summaries):
         met = {True: "yes", False: "**no**", None: "-"}[t["met"]]

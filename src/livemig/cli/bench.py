@@ -66,3 +66,27 @@ def bench_report(results: Path, out_dir: Path | None, command: str, all_timeline
     """Turn RESULTS (a folder of run JSON) into benchmarks.md and PNG plots."""
     md = write_report(results, out_dir or results, command, all_timelines)
     out.print(f"report: {md}")
+
+
+@bench.command("faults-inject")
+@click.option("--trials", default=10, show_default=True, type=int, help="Trials per fault cell.")
+@click.option("--only", multiple=True, help="Fault cells to run (ids as in the table; default: all).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Results folder.")
+@click.option(
+    "--doc", type=click.Path(path_type=Path), help="Also write the table here (e.g. docs/reliability.md)."
+)
+def bench_faults(trials: int, only: tuple[str, ...], out_dir: Path | None, doc: Path | None) -> None:
+    """Fault injection: cut links and SIGKILLs in each phase; VMs lost, memory, leftovers."""
+    from livemig.bench.faults import FAULTS, run_faults, write_reliability
+
+    if trials < 1:
+        raise UsageError(f"--trials {trials}: at least 1")
+    faults = [f for f in FAULTS if not only or f.id in only]
+    unknown = set(only) - {f.id for f in FAULTS}
+    if unknown:
+        raise UsageError(f"unknown fault cell {sorted(unknown)[0]!r} (e.g. {FAULTS[0].id})")
+    out_dir = out_dir or Path("bench-results") / ("faults-" + time.strftime("%Y%m%d-%H%M%S"))
+    err.print(f"faults-inject: {len(faults)} cells x {trials} trials -> {out_dir}")
+    results = run_faults(faults, trials, out_dir, say=err.print)
+    md = write_reliability(results, doc or out_dir / "reliability.md", "livemig " + shlex.join(sys.argv[1:]))
+    out.print(f"table: {md}")

@@ -55,6 +55,12 @@ def demo(repeats: int, out_dir: Path) -> None:
             f"guest's longest stall: postcopy-now {a:.0f} ms, postcopy-after:1 {b:.0f} ms: "
             f"one pre-copy pass first cut it {a / b:.1f}x"
         )
+    for r in reports:
+        if r.policy.startswith("precopy") and r.status != "completed":
+            out.print(
+                f"{r.policy}: {r.error}. The stream dirties memory faster than the link carries it, so "
+                f"pre-copy cannot converge; the VM stayed on the {r.where or 'source'}."
+            )
     md = write_report(out_dir, out_dir, "livemig demo")
     (out_dir / "summary.json").write_text(json.dumps([r.to_dict() for r in reports]))
     out.print(f"plots: {out_dir / 'img'}/ (stream.png, timelines); report: {md}")

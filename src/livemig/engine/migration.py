@@ -362,12 +362,12 @@ class Migration:
         if ev is not None and ev.name != "completed":
             self._publish(ev)
         if name == "MIGRATION":
-            await self._on_status(side, str(status), msg)
+            await self._on_status(side, str(status), now)
         elif name == "MIGRATION_PASS" and side == "src":
             await self._evaluate(f"pass {msg['data']['pass']}")
         await self._notify()
 
-    async def _on_status(self, side: Side, status: str, msg: dict[str, Any]) -> None:
+    async def _on_status(self, side: Side, status: str, now: float) -> None:
         st = self.state
         if side == "src" and status == "active" and st is S.SETUP:
             await self._set_state(S.PRECOPY, "source reports active")
@@ -375,7 +375,7 @@ class Migration:
             await self._set_state(S.POSTCOPY, "source reports postcopy-active")
         elif status == "completed" and side == "src":
             self._src_completed = True
-            self._src_completed_delivered = time.time()
+            self._src_completed_delivered = now
         elif status == "failed":
             await self._fail(f"{'source' if side == 'src' else 'destination'} QEMU reports failed")
         elif status == "cancelled" and side == "src" and st in (S.SETUP, S.PRECOPY):

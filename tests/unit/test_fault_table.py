@@ -1,0 +1,39 @@
+"""The fault-injection matrix and its table (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from livemig.bench.faults import FAULTS, write_reliability
+
+
+def test_the_matrix_covers_every_fault_in_every_phase() -> None:
+    ids = [f.id for f in FAULTS]
+    assert len(ids) == len(set(ids)) == 18
+    for phase in ("precopy", "switchover", "postcopy"):
+        for what in ("link-down-2s", "link-down-5s", "link-down-30s", "kill-dst", "kill-src", "kill-livemig"):
+            assert f"{what}/{phase}" in ids
+
+
+def _trial(fault: str, **kw: Any) -> dict[str, Any]:
+    base = {"fault": fault, "status": "completed", "vm_running": True, "memory_intact": True, "leftovers": [],
+            "recovered": 0, "recover_s": None, "on": "dst", "error": None}  # fmt: skip
+    return {**base, **kw}
+
+
+def test_table_counts_and_flags_mismatches(tmp_path: Path) -> None:
+    trials = [
+        _trial("link-down-30s/postcopy", recovered=1, recover_s=34.0),
+        _trial("link-down-30s/postcopy", recovered=1, recover_s=36.5),
+        _trial("kill-dst/precopy", status="failed", on="src"),
+        _trial("kill-dst/precopy", status="failed", on="src", memory_intact=False, leftovers=["qemu pid 1"]),
+    ]
+    text = write_reliability(trials, tmp_path / "r.md", "livemig bench faults-inject").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert (
+        "| 2 | 2 | 2/2 | 2/2 | 0 | 2 | 36.5 s (36.5 s) | dst: completed |" in rows["link-down-30s/postcopy"]
+    )
+    assert "1/2 (**1 mismatches**) | 1 |" in rows["kill-dst/precopy"]
+    assert "src: failed" in rows["kill-dst/precopy"]
+    assert "kill-src/postcopy" in text and "unrecoverable" not in rows["kill-dst/precopy"]
