@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,7 +128,17 @@ def _inject(fault: Fault, lab: Lab, reg: Registry, name: str, proc: subprocess.P
     return struck
 
 
-def run_trial(fault: Fault, trial: int, lab: Lab, reg: Registry, name: str = "fi") -> dict[str, Any]:
+def _save_logs(reg: Registry, dest: Path) -> None:
+    """QEMU logs and consoles, and the VM record, of a trial that did not complete."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in [*reg.root.glob("qemu/*/*.log"), *reg.vms.glob("*.json")]:
+        with contextlib.suppress(OSError):
+            shutil.copy(f, dest / f"{f.parent.name}-{f.name}")
+
+
+def run_trial(
+    fault: Fault, trial: int, lab: Lab, reg: Registry, name: str = "fi", logs: Path | None = None
+) -> dict[str, Any]:
     spec = VMSpec(name, memory_mib=MEMORY_MIB, workload=parse_workload(WORKLOAD))
     start_vm(spec, reg, host="src")
     out: dict[str, Any] = {"fault": fault.id, **asdict(fault), "trial": trial}
@@ -149,6 +160,8 @@ def run_trial(fault: Fault, trial: int, lab: Lab, reg: Registry, name: str = "fi
         out["status"] = report["status"] if report else "no report"
         out["error"] = (report or {}).get("error") or (stderr.strip().splitlines() or [""])[-1]
         out["where"] = (report or {}).get("where")
+        if out["status"] != "completed":
+            out["stderr_tail"] = stderr.strip().splitlines()[-20:]
         recovery = (report or {}).get("recovery") or {}
         out["recovered"] = recovery.get("recovered", 0)
         out["recover_s"] = (
@@ -166,6 +179,8 @@ def run_trial(fault: Fault, trial: int, lab: Lab, reg: Registry, name: str = "fi
         else:
             out["memory_intact"] = None
     finally:
+        if logs is not None and out.get("status") != "completed":
+            _save_logs(reg, logs / f"{fault.id.replace('/', '_')}-{trial}")
         with contextlib.suppress(LivemigError):
             stop_vm(name, reg)
         lab.set_link("dst", up=True)
@@ -200,7 +215,7 @@ def run_faults(
         for k in range(1, trials + 1):
             for f in faults:
                 say(f"{f.id} trial {k} ...")
-                r = run_trial(f, k, lab, reg)
+                r = run_trial(f, k, lab, reg, logs=out_dir / "logs")
                 say(f"      {r['status']}; running {r['vm_running']} on {r['on']}; memory intact "
                     f"{r['memory_intact']}; leftovers {len(r['leftovers'])}; {r['error'] or ''}")  # fmt: skip
                 results.append(r)

@@ -511,7 +511,7 @@ class Migration:
         self._recovery["pauses"] += 1
         self._recovery["last_reason"] = reason
         for ep in (self.src, self.dst):
-            if self._side_status.get(ep.side) != "postcopy-paused":
+            if self._side_status.get(ep.side) == "postcopy-active":  # see _recover_once
                 with contextlib.suppress(QMPCommandError):
                     await ep.monitor.execute("migrate-pause", oob=True)
 
@@ -571,14 +571,23 @@ class Migration:
                 return True
             if st not in paused:
                 return False
+        # Pause only a side that is still postcopy-active. QEMU 10.0.2's destination segfaults
+        # (in its OOB monitor thread) on migrate-pause once a failed resume left it recovering.
         for ep in (self.src, self.dst):
-            if self._side_status.get(ep.side) not in paused:
+            if self._side_status.get(ep.side) == "postcopy-active":
                 with contextlib.suppress(QMPCommandError):
                     await ep.monitor.execute("migrate-pause", oob=True)
+            if self._side_status.get(ep.side) not in paused:
                 await self._wait_status(ep.side, paused, set(), 5.0)
-        if any(self._side_status.get(side) not in paused for side in ("src", "dst")):
+        if self._side_status.get("src") not in paused:
             return False
-        await self.dst.monitor.execute("migrate-recover", {"uri": f"tcp:{self.options.address}:0"}, oob=True)
+        try:
+            await self.dst.monitor.execute(
+                "migrate-recover", {"uri": f"tcp:{self.options.address}:0"}, oob=True
+            )
+        except QMPCommandError as exc:
+            # a listener from an earlier attempt is still up: resume into it
+            self.log.info("migrate-recover: %s; reusing the destination's listener", exc.desc)
         info = await self.dst.monitor.execute("query-migrate")
         addrs = info.get("socket-address") or []
         if not addrs:
