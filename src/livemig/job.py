@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from livemig.control import ControlServer
@@ -27,7 +28,7 @@ from livemig.errors import (
     UsageError,
 )
 from livemig.lab import Lab
-from livemig.observe.heartbeat import HeartbeatReader, guest_stats
+from livemig.observe.heartbeat import HeartbeatReader, guest_stats, write_beats
 from livemig.policy import parse_policy
 from livemig.qemu.binary import find_qemu
 from livemig.qemu.instance import QemuInstance
@@ -53,12 +54,14 @@ class MigrationJob:
         registry: Registry | None = None,
         to_host: str | None = None,
         control: bool = True,
+        heartbeat_log: Path | None = None,
     ) -> None:
         self.name = name
         self.options = options or MigrationOptions()
         self.registry = registry or Registry()
         self.to_host = to_host
         self.control = control
+        self.heartbeat_log = heartbeat_log  # every beat received, as TSV, for offline analysis
         self.migration: Migration | None = None
         self.report: MigrationReport | None = None
         self._ready = asyncio.Event()
@@ -197,7 +200,10 @@ class MigrationJob:
             report = await (mig.attach() if attach else mig.run())
             if report.status == "completed":
                 await asyncio.sleep(STALL_GRACE_S)
-            report.guest = guest_stats([b for r in readers for b in r.beats], start_ts=t0).to_dict()
+            beats = [b for r in readers for b in r.beats]
+            report.guest = guest_stats(beats, start_ts=t0).to_dict()
+            if self.heartbeat_log is not None:
+                write_beats(self.heartbeat_log, beats, t0)
             report.link = link
             rates = [r for r in (link and link["rate_bps"], self.options.max_bandwidth) if r]
             report.set_bound(min(rates) if rates else None)

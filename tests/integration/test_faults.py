@@ -171,3 +171,33 @@ def test_livemig_killed_mid_migration_is_taken_over(
     after = vms.record()
     assert after.host == "dst" and after.instance.pid == dst.pid and after.migration["state"] == "completed"  # type: ignore[index]
     assert not qemu_running(rec.instance.pid)
+
+
+def test_after_the_deadline_both_stay_paused_and_recover_resumes(lab: Lab, vms: VMFactory) -> None:
+    vms.start(workload="verify:mib=128,rate=2", host="src")
+    opts = options("postcopy-now", recover_deadline_s=3.0)
+
+    def cut(_ev: MigrationEvent) -> None:
+        time.sleep(0.5)
+        lab.set_link("dst", up=False)
+
+    mig = migrate_with(vms, opts, "postcopy-started", cut)
+    report = mig.report
+    assert report is not None and report.status == "postcopy-paused", report
+    assert report.where and "livemig recover vm" in report.where
+    rec = vms.record()
+    dst = QemuInstance.from_dict(rec.migration["dst"])  # type: ignore[index]
+    assert rec.instance.alive() and dst.alive(), "after the deadline both QEMUs are kept, paused"
+    listing = json.loads(subprocess.run(
+        [sys.executable, "-m", "livemig", "vm", "list", "--json"], capture_output=True, text=True, check=True,
+        env={**os.environ, "LIVEMIG_RUNTIME_DIR": str(vms.runtime)},
+    ).stdout)  # fmt: skip
+    assert listing[0]["status"] == "orphaned:postcopy-paused"
+    lab.set_link("dst", up=True)
+    proc = _livemig(vms.runtime, "recover", "vm", "--json", "--quiet")
+    out, errs = proc.communicate(timeout=180)
+    assert proc.returncode == 0, errs
+    resumed = json.loads(out)
+    assert resumed["status"] == "completed" and resumed["guest"]["verify"].startswith("verify ok")
+    assert "postcopy-recovered" in [e["name"] for e in resumed["events"]]
+    assert vms.record().instance.pid == dst.pid

@@ -1,4 +1,7 @@
-from livemig.observe.heartbeat import Beat, guest_stats, parse_line
+import json
+from pathlib import Path
+
+from livemig.observe.heartbeat import Beat, guest_stats, parse_line, read_beats
 
 
 def stream(spec: list[tuple[int, float, float]], side: str = "src") -> list[Beat]:
@@ -50,3 +53,27 @@ def test_duplicates_and_window() -> None:
 
 def test_too_few_beats() -> None:
     assert guest_stats([]).max_stall_ms is None
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_recorded_stream_reproduces_the_live_figures() -> None:
+    """A real handover (`migrate --heartbeat-log`): the arithmetic run offline on the
+    recording gives what livemig computed live, and the handover shows in it."""
+    start, beats = read_beats(DATA / "hb-postcopy-after1.tsv")
+    live = json.loads((DATA / "hb-postcopy-after1.json").read_text())
+    s = guest_stats(beats, start_ts=start)
+    for key in ("max_stall_ms", "stalls_over_100ms", "heartbeats", "lost", "max_guest_gap_ms"):
+        assert s.to_dict()[key] == live["guest"][key], key
+    assert {b.side for b in beats} == {"src", "dst"}
+    # the handover: the last beat read on the source comes before the first one read on the
+    # destination, and destination-resumed (QEMU's timestamp) lies between them
+    last_src = max(b.host_ts for b in beats if b.side == "src")
+    first_dst = min(b.host_ts for b in beats if b.side == "dst")
+    resumed = next(e["qemu_ts"] for e in live["events"] if e["name"] == "destination-resumed")
+    assert last_src < resumed < first_dst
+    # a lower threshold finds more stalls, each one a real gap between consecutive beats
+    s10 = guest_stats(beats, start_ts=start, threshold_ms=10.0)
+    assert s10.stalls_over_100ms >= s.stalls_over_100ms and all(st.host_ms > 10 for st in s10.stalls)
+    assert round(max(st.host_ms for st in s10.stalls), 3) == s.max_stall_ms

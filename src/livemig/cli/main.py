@@ -282,6 +282,8 @@ def _fmt(v: Any) -> str:
 @click.option(
     "--tls", is_flag=True, help="Encrypt and authenticate every channel (x509; lab hosts' certificates)."
 )
+@click.option("--heartbeat-log", type=click.Path(path_type=Path, dir_okay=False),
+              help="Record every guest heartbeat received (TSV) for offline analysis.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.pass_context
@@ -302,6 +304,7 @@ def migrate(
     no_recover: bool,
     attach: bool,
     tls: bool,
+    heartbeat_log: Path | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -319,7 +322,7 @@ def migrate(
     if not attach and rec.status.startswith("orphaned:"):
         err.print(f"{name}: a migration left by a livemig process that died; taking it over")
         attach = True
-    report = run_migration(name, opts, reg, to_host, quiet, attach=attach)
+    report = run_migration(name, opts, reg, to_host, quiet, attach=attach, heartbeat_log=heartbeat_log)
     _conclude(name, report, as_json)
 
 
@@ -358,9 +361,10 @@ def run_migration(
     to_host: str | None = None,
     quiet: bool = False,
     attach: bool = False,
+    heartbeat_log: Path | None = None,
 ) -> MigrationReport:
     t0 = time.time()
-    job = MigrationJob(name, opts, reg, to_host)
+    job = MigrationJob(name, opts, reg, to_host, heartbeat_log=heartbeat_log)
     if not attach:
         job.validate()
 

@@ -185,8 +185,9 @@ class Lab:
         h = self.plan.host(host)
         lo, default, top = TCP_WMEM_DEFAULT
         value = f"{lo} {min(default, max_bytes or default)} {max_bytes or top}"
-        subprocess.run(
-            ["ip", "netns", "exec", h.netns, "sysctl", "-q", "-w", f"net.ipv4.tcp_wmem={value}"],
+        subprocess.run(  # /proc/sys/net is the namespace's own; tee is in coreutils (always there)
+            ["ip", "netns", "exec", h.netns, "tee", "/proc/sys/net/ipv4/tcp_wmem"],
+            input=value.encode(),
             check=True,
             capture_output=True,
         )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Beat", "GuestStats", "HeartbeatReader", "guest_stats", "parse_line"]
+__all__ = ["Beat", "GuestStats", "HeartbeatReader", "guest_stats", "parse_line", "read_beats", "write_beats"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,26 @@ def guest_stats(
         max_guest_gap_ms=round(max_guest, 3),
         stalls=tuple(stalls),
     )
+
+
+def write_beats(path: Path, beats: Iterable[Beat], start_ts: float) -> None:
+    """Record beats as TSV (side, seq, guest_ns, host_ts), with the window's start first."""
+    with path.open("w") as f:
+        f.write(f"# start_ts\t{start_ts!r}\n# side\tseq\tguest_ns\thost_ts\n")
+        for b in sorted(beats, key=lambda b: b.host_ts):
+            f.write(f"{b.side}\t{b.seq}\t{b.guest_ns}\t{b.host_ts!r}\n")
+
+
+def read_beats(path: Path) -> tuple[float, list[Beat]]:
+    """The window's start and the beats of a recording made by :func:`write_beats`."""
+    start, beats = 0.0, []
+    for line in path.read_text().splitlines():
+        if line.startswith("# start_ts"):
+            start = float(line.split("\t")[1])
+        elif line and not line.startswith("#"):
+            side, seq, guest_ns, host_ts = line.split("\t")
+            beats.append(Beat(int(seq), int(guest_ns), float(host_ts), side))
+    return start, beats
 
 
 class HeartbeatReader:

@@ -117,14 +117,18 @@ class QemuInstance:
         return inst
 
     def _reap(self) -> None:
-        if self._child and self._returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
+        """Reap the QEMU if this process spawned it (whichever object spawned it: records are
+        reloaded), so no zombie is left; another process's QEMU is left alone."""
+        if self._returncode is not None:
+            return
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            if self._child:
                 self._returncode = -1
-                return
-            if pid:
-                self._returncode = os.waitstatus_to_exitcode(status)
+            return
+        if pid:
+            self._returncode = os.waitstatus_to_exitcode(status)
 
     def alive(self) -> bool:
         self._reap()
