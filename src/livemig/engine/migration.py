@@ -152,6 +152,7 @@ class Migration:
         self._watchdog_fired = False
         self._cancel_is_failure = False
         self._recovery: dict[str, Any] | None = None
+        self._pause_asked: set[str] = set()  # sides sent migrate-pause since the last recovery
         self._dst_resumed = False
         self._dst_running_confirmed = False
         self._failure: str | None = None
@@ -511,9 +512,16 @@ class Migration:
         self._recovery["pauses"] += 1
         self._recovery["last_reason"] = reason
         for ep in (self.src, self.dst):
-            if self._side_status.get(ep.side) == "postcopy-active":  # see _recover_once
-                with contextlib.suppress(QMPCommandError):
-                    await ep.monitor.execute("migrate-pause", oob=True)
+            await self._pause_side(ep)
+
+    async def _pause_side(self, ep: Endpoint) -> None:
+        """migrate-pause ``ep`` once, and only while it is postcopy-active. QEMU 10.0.2's
+        destination segfaults (in its OOB monitor thread) on migrate-pause once a failed
+        resume has left it recovering."""
+        if self._side_status.get(ep.side) == "postcopy-active" and ep.side not in self._pause_asked:
+            self._pause_asked.add(ep.side)
+            with contextlib.suppress(QMPCommandError):
+                await ep.monitor.execute("migrate-pause", oob=True)
 
     async def _wait_status(self, side: Side, ok: set[str], bad: set[str], timeout: float) -> str | None:
         """Wait for ``side``'s next pushed MIGRATION status in ``ok`` or ``bad``."""
@@ -553,6 +561,7 @@ class Migration:
                     ))  # fmt: skip
                     await self._set_state(S.POSTCOPY, "recovered")
                     self._progress_at, self._watchdog_fired = time.time(), False
+                    self._pause_asked.clear()
                     return True
             except LivemigError as exc:
                 self.log.info("recovery attempt %d: %s", self._recovery["attempts"], exc)
@@ -571,12 +580,8 @@ class Migration:
                 return True
             if st not in paused:
                 return False
-        # Pause only a side that is still postcopy-active. QEMU 10.0.2's destination segfaults
-        # (in its OOB monitor thread) on migrate-pause once a failed resume left it recovering.
         for ep in (self.src, self.dst):
-            if self._side_status.get(ep.side) == "postcopy-active":
-                with contextlib.suppress(QMPCommandError):
-                    await ep.monitor.execute("migrate-pause", oob=True)
+            await self._pause_side(ep)
             if self._side_status.get(ep.side) not in paused:
                 await self._wait_status(ep.side, paused, set(), 5.0)
         if self._side_status.get("src") not in paused:
