@@ -46,6 +46,19 @@ class VMRecord:
             return f"migrating:{self.migration.get('state')}"
         return "running"
 
+    @property
+    def where(self) -> str:
+        """Where the VM's state lives, and what to do about it, in one line."""
+        here = f"{self.host or 'local'} (pid {self.instance.pid})"
+        mig = self.migration or {}
+        state = mig.get("state")
+        if state in (None, "completed", "failed", "cancelled") or "dst" not in mig:
+            return here
+        dst = f"{mig.get('to_host') or 'local'} (pid {mig['dst'].get('pid')})"
+        if state in ("postcopy", "postcopy-paused"):
+            return f"split: vCPUs on {dst}, unsent pages on {here}; `livemig recover {self.name}` resumes it"
+        return f"{here}, migrating to {dst}; `livemig migrate --attach {self.name}` if its livemig died"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -193,6 +193,7 @@ def test_after_the_deadline_both_stay_paused_and_recover_resumes(lab: Lab, vms: 
         env={**os.environ, "LIVEMIG_RUNTIME_DIR": str(vms.runtime)},
     ).stdout)  # fmt: skip
     assert listing[0]["status"] == "orphaned:postcopy-paused"
+    assert listing[0]["where"].startswith("split:") and "`livemig recover vm`" in listing[0]["where"]
     lab.set_link("dst", up=True)
     proc = _livemig(vms.runtime, "recover", "vm", "--json", "--quiet")
     out, errs = proc.communicate(timeout=180)

@@ -135,18 +135,12 @@ def vm_list(ctx: click.Context, as_json: bool) -> None:
     """List recorded VMs."""
     recs = _registry(ctx).all()
     if as_json:
-        out.print_json(json.dumps([{**r.to_dict(), "status": r.status} for r in recs]))
+        out.print_json(json.dumps([{**r.to_dict(), "status": r.status, "where": r.where} for r in recs]))
         return
-    table = Table("name", "status", "pid", "host", "accel", "memory", "workload")
+    table = Table("name", "status", "where", "accel", "memory", "workload")
     for r in recs:
         table.add_row(
-            r.name,
-            r.status,
-            str(r.instance.pid),
-            r.host or "local",
-            r.instance.accel,
-            f"{r.spec.memory_mib} MiB",
-            str(r.spec.workload),
+            r.name, r.status, r.where, r.instance.accel, f"{r.spec.memory_mib} MiB", str(r.spec.workload)
         )
     out.print(table)
 
