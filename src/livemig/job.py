@@ -211,6 +211,8 @@ class MigrationJob:
                 report.guest["faultprobe"] = await _faultprobe_result(readers[1])
             if report.status == "completed" and rec.spec.workload.mode == "verify":
                 await self._verify(readers[1], report)
+            if report.status == "failed" and report.switched_at_pass is not None:
+                report.evidence = await _evidence(rec.instance, dst_inst, dst_mon)
             self._finish(rec, dst_inst, mig, report, src_mon)
             await self._quit_source(rec, report, src_mon)
         except BaseException:
@@ -341,6 +343,23 @@ class MigrationJob:
                 cur = self.registry.load(self.name)
                 cur.migration = None
                 self.registry.save(cur)
+
+
+async def _evidence(src: QemuInstance, dst: QemuInstance, dst_mon: Monitor) -> dict[str, Any]:
+    """What a failure after the switch left: who is alive, their last words, and the
+    destination's own view of the migration."""
+    out: dict[str, Any] = {
+        "source_alive": src.alive(),
+        "destination_alive": dst.alive(),
+        "source_log_tail": src.log_tail(),
+        "destination_log_tail": dst.log_tail(),
+    }
+    if dst.alive() and not dst_mon.lost.is_set():
+        with contextlib.suppress(LivemigError):
+            info = await dst_mon.execute("query-migrate")
+            out["destination_migration"] = {k: info.get(k) for k in ("status", "error-desc") if k in info}
+            out["destination_vm"] = (await dst_mon.execute("query-status")).get("status")
+    return out
 
 
 async def _faultprobe_result(dst: HeartbeatReader, timeout: float = 60.0) -> dict[str, Any] | None:

@@ -133,6 +133,9 @@ def test_source_killed_in_postcopy_is_unrecoverable_and_the_destination_is_kept(
     assert "source QEMU died" in (report.error or "") and "unrecoverable" in (report.where or "")
     dst = QemuInstance.from_dict(vms.record().migration["dst"])  # type: ignore[index]
     assert dst.alive(), "the destination must be kept for inspection, not killed"
+    ev = report.evidence
+    assert ev is not None and ev["source_alive"] is False and ev["destination_alive"] is True
+    assert ev["destination_migration"]["status"] == "postcopy-paused", ev
 
 
 def _livemig(runtime: Path, *args: str) -> subprocess.Popen[str]:

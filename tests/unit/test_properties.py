@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pyroute2 import netns
 
 from livemig.cli import main
 from livemig.errors import UsageError
@@ -114,3 +115,5 @@ def test_cli_bad_arguments_are_one_line_exit_2_and_start_nothing(
     code, err = _cli(capsys, *args)
     _assert_bad(code, err, args)
     assert not list(tmp_path.glob("qemu/*")) and not (tmp_path / "lab.json").exists()
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".sock", ".ctl")]
+    assert not [n for n in netns.listnetns() if n.startswith("lmh-")]

@@ -40,7 +40,10 @@ class MigrationReport:
     parameters: dict[str, Any] = field(default_factory=dict)
     # The bottleneck: the lab link's shaping and/or QEMU's max-bandwidth; the physical
     # bound is bytes_transferred / its rate, and total time is reported against it.
-    recovery: dict[str, Any] | None = None  # post-copy pauses, recovery attempts, recoveries
+    recovery: dict[str, Any] | None = None
+    evidence: dict[str, Any] | None = (
+        None  # when a QEMU died after the switch: what was seen  # post-copy pauses, recovery attempts, recoveries
+    )
     link: dict[str, Any] | None = None
     physical_bound_ms: float | None = None
     time_vs_bound: float | None = None
