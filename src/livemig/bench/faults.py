@@ -231,6 +231,8 @@ WHY_UNRECOVERABLE: Final[dict[str, str]] = {
     "kill-dst/postcopy": "after the switch the destination runs the vCPUs and holds every page it dirtied; "
     "when it dies the VM's current state is gone and the source's copy is stale",
     "kill-src/precopy": "before the switch the source is the VM: killing it kills the VM (as on any host)",
+    "kill-src/switchover": "at `postcopy-requested` the switch has not happened yet (or is under way): the "
+    "source is still the VM, or holds the pages not yet sent",
 }
 
 
