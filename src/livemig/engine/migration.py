@@ -391,6 +391,9 @@ class Migration:
         await ep.monitor.lost.wait()
         if self._sm.terminal or (ep.side == "src" and self._src_completed):
             return
+        await self._fail(self._lost_reason(ep))
+
+    def _lost_reason(self, ep: Endpoint) -> str:
         split = self.state in (S.POSTCOPY, S.POSTCOPY_PAUSED)
         if split and ep.side == "src":
             why = (f"the source QEMU died during {self.state}: the pages it had not sent are gone, "
@@ -401,7 +404,7 @@ class Migration:
         else:
             who = "source" if ep.side == "src" else "destination"
             why = f"the {who} QEMU went away (QMP connection lost) during {self.state}"
-        await self._fail(why)
+        return why
 
     async def _fail(self, why: str) -> None:
         if self._sm.terminal:
@@ -547,8 +550,10 @@ class Migration:
             if time.time() + wait - started > backoff.deadline_s or self._sm.terminal:
                 break
             await asyncio.sleep(wait)
-            if self.src.monitor.lost.is_set() or self.dst.monitor.lost.is_set():
-                return False
+            for ep in (self.src, self.dst):
+                if ep.monitor.lost.is_set():  # a QEMU died while paused: nothing to recover
+                    await self._fail(self._lost_reason(ep))
+                    return False
             self._recovery["attempts"] += 1
             try:
                 if await self._recover_once():
