@@ -88,3 +88,22 @@ def test_stalled_postcopy_pauses_both_sides_then_recovers_and_completes() -> Non
         assert names.index("postcopy-paused") < names.index("postcopy-recovered") < names.index("completed")
 
     asyncio.run(main())
+
+
+def test_a_destination_that_dies_while_paused_fails_the_migration() -> None:
+    async def main() -> None:
+        src, dst = endpoints()
+        sm, dm = src.monitor, dst.monitor
+        mig = Migration(src, dst, _fast("postcopy-now", recover_deadline_s=5.0))
+        task = asyncio.create_task(mig.run())
+        await _precopy_start(src, dst)
+        await sm.emit("MIGRATION", 12.0, status="postcopy-active")  # type: ignore[attr-defined]
+        await dm.emit("MIGRATION", 12.0, status="postcopy-active")  # type: ignore[attr-defined]
+        await dm.emit("RESUME", 12.01)  # type: ignore[attr-defined]
+        dm.lost.set()  # type: ignore[attr-defined]  # the destination QEMU is gone ...
+        await sm.emit("MIGRATION", 13.0, status="postcopy-paused")  # type: ignore[attr-defined]
+        report = await asyncio.wait_for(task, 3)
+        assert report.status == "failed", report  # ... so there is nothing to recover
+        assert report.error and "destination QEMU died" in report.error
+
+    asyncio.run(main())
