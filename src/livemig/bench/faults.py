@@ -251,7 +251,7 @@ def write_reliability(trials: list[dict[str, Any]], path: Path, command: str = "
         "A cut link is the destination's port on the lab switch going down (no RST, no FIN).",
         "",
         "| fault / phase | trials | completed | VM running at end | memory intact | leftovers | "
-        "recovered (post-copy) | time to recover, median (max) | outcome |",
+        "recovered (post-copy) | strike to completion, median (max) | outcome |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for cid, ts in cells.items():
