@@ -111,6 +111,10 @@ class MigrationJob:
             owner = int(rec.migration.get("owner_pid", 0))
             if owner and pid_alive(owner):
                 raise MigrationError(f"{self.name} is already migrating (livemig pid {owner})")
+            raise MigrationError(
+                f"{self.name} has an unfinished migration ({rec.migration.get('state')}); "
+                f"`livemig migrate --attach {self.name}` or `livemig recover {self.name}` takes it over"
+            )
         dst_netns, link = self._placement(rec)
         qemu = find_qemu()
         dst_inst = await asyncio.to_thread(
@@ -306,6 +310,7 @@ class MigrationJob:
             # Post-copy trouble: memory is split between the two QEMUs. Keep both, never kill.
             assert rec.migration is not None
             rec.migration["state"] = str(state)
+            rec.migration["owner_pid"] = 0  # nobody drives it now: `recover` / `--attach` may take it
             src_alive, dst_alive = rec.instance.alive(), dst.alive()
             if state is S.FAILED and not src_alive:
                 report.where = (

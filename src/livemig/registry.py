@@ -41,7 +41,7 @@ class VMRecord:
             return "dead"
         if self.migration and self.migration.get("state") not in (None, "completed", "failed", "cancelled"):
             owner = int(self.migration.get("owner_pid", 0))
-            if owner and not pid_alive(owner):
+            if not owner or not pid_alive(owner):
                 return f"orphaned:{self.migration.get('state')}"  # `livemig migrate --attach` takes it over
             return f"migrating:{self.migration.get('state')}"
         return "running"

@@ -107,3 +107,22 @@ def test_a_destination_that_dies_while_paused_fails_the_migration() -> None:
         assert report.error and "destination QEMU died" in report.error
 
     asyncio.run(main())
+
+
+def test_cancel_is_a_cancel_even_when_the_destination_reports_failed_first() -> None:
+    async def main() -> None:
+        src, dst = endpoints()
+        sm, dm = src.monitor, dst.monitor
+        mig = Migration(src, dst, MigrationOptions(policy=parse_policy("manual")))
+        task = asyncio.create_task(mig.run())
+        await _precopy_start(src, dst)
+        canceller = asyncio.create_task(mig.cancel())
+        await _until(lambda: sm.sent("migrate_cancel"))  # type: ignore[attr-defined]
+        await dm.emit("MIGRATION", 11.0, status="failed")  # type: ignore[attr-defined]  # its stream ended
+        assert mig.state is MigrationState.PRECOPY
+        await sm.emit("MIGRATION", 11.001, status="cancelled")  # type: ignore[attr-defined]
+        await asyncio.wait_for(canceller, 3)
+        report = await asyncio.wait_for(task, 3)
+        assert report.status == "cancelled" and report.error is None
+
+    asyncio.run(main())

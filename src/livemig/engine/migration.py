@@ -151,6 +151,7 @@ class Migration:
         self._progress_at: float | None = None
         self._watchdog_fired = False
         self._cancel_is_failure = False
+        self._cancel_sent = False  # then the destination's "failed" (its stream ended) is expected
         self._recovery: dict[str, Any] | None = None
         self._pause_asked: set[str] = set()  # sides sent migrate-pause since the last recovery
         self._dst_resumed = False
@@ -377,6 +378,8 @@ class Migration:
         elif status == "completed" and side == "src":
             self._src_completed = True
             self._src_completed_delivered = now
+        elif status == "failed" and side == "dst" and self._cancel_sent:
+            self.log.info("destination reports failed: expected, its stream was cancelled")
         elif status == "failed":
             await self._fail(f"{'source' if side == 'src' else 'destination'} QEMU reports failed")
         elif status == "cancelled" and side == "src" and st in (S.SETUP, S.PRECOPY):
@@ -506,6 +509,7 @@ class Migration:
         self.log.warning("%s: cancelling, the VM stays on the source", reason)
         self._failure, self._failure_phase = reason, str(self.state)
         self._cancel_is_failure = True
+        self._cancel_sent = True
         await self.src.monitor.execute("migrate_cancel")
 
     async def _pause(self, reason: str) -> None:
@@ -643,6 +647,7 @@ class Migration:
         info = await self.src.monitor.execute("query-migrate")
         if str(info.get("status")).startswith("postcopy"):
             raise StateError("cancel", S.POSTCOPY, (S.SETUP, S.PRECOPY), "post-copy started first")
+        self._cancel_sent = True
         await self.src.monitor.execute("migrate_cancel")
         async with self._changed:
             await self._changed.wait_for(lambda: self._sm.terminal or self.state is S.POSTCOPY)
