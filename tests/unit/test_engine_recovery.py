@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from livemig.engine.migration import Migration, MigrationOptions
+from livemig.engine.migration import Endpoint, Migration, MigrationOptions
+from livemig.engine.report import MigrationReport
 from livemig.engine.state import MigrationState
 from livemig.policy import parse_policy
 
@@ -37,6 +38,17 @@ async def _until(cond: Any, timeout: float = 3.0) -> None:
             await asyncio.sleep(0.01)
 
 
+async def _in_postcopy(src: Endpoint, dst: Endpoint) -> tuple[Migration, asyncio.Task[MigrationReport]]:
+    """A postcopy-now migration, switched: both sides postcopy-active, the destination resumed."""
+    mig = Migration(src, dst, _fast("postcopy-now", recover_deadline_s=5.0))
+    task = asyncio.create_task(mig.run())
+    await _precopy_start(src, dst)
+    await src.monitor.emit("MIGRATION", 12.0, status="postcopy-active")  # type: ignore[attr-defined]
+    await dst.monitor.emit("MIGRATION", 12.004, status="postcopy-active")  # type: ignore[attr-defined]
+    await dst.monitor.emit("RESUME", 12.010)  # type: ignore[attr-defined]
+    return mig, task
+
+
 def test_stalled_precopy_is_cancelled_and_reported_as_a_failure() -> None:
     async def main() -> None:
         src, dst = endpoints()
@@ -58,12 +70,7 @@ def test_stalled_postcopy_pauses_both_sides_then_recovers_and_completes() -> Non
         src, dst = endpoints()
         src.monitor, dst.monitor = OobMonitor("src", src.monitor.caps), OobMonitor("dst", dst.monitor.caps)  # type: ignore[attr-defined]
         sm, dm = src.monitor, dst.monitor
-        mig = Migration(src, dst, _fast("postcopy-now", recover_deadline_s=5.0))
-        task = asyncio.create_task(mig.run())
-        await _precopy_start(src, dst)
-        await sm.emit("MIGRATION", 12.0, status="postcopy-active")  # type: ignore[attr-defined]
-        await dm.emit("MIGRATION", 12.004, status="postcopy-active")  # type: ignore[attr-defined]
-        await dm.emit("RESUME", 12.010)  # type: ignore[attr-defined]
+        mig, task = await _in_postcopy(src, dst)
         assert mig.state is MigrationState.POSTCOPY
         # no progress: both sides are paused, out of band
         await _until(lambda: "migrate-pause" in sm.oob_sent and "migrate-pause" in dm.oob_sent)  # type: ignore[attr-defined]
@@ -94,12 +101,7 @@ def test_a_destination_that_dies_while_paused_fails_the_migration() -> None:
     async def main() -> None:
         src, dst = endpoints()
         sm, dm = src.monitor, dst.monitor
-        mig = Migration(src, dst, _fast("postcopy-now", recover_deadline_s=5.0))
-        task = asyncio.create_task(mig.run())
-        await _precopy_start(src, dst)
-        await sm.emit("MIGRATION", 12.0, status="postcopy-active")  # type: ignore[attr-defined]
-        await dm.emit("MIGRATION", 12.0, status="postcopy-active")  # type: ignore[attr-defined]
-        await dm.emit("RESUME", 12.01)  # type: ignore[attr-defined]
+        _mig, task = await _in_postcopy(src, dst)
         dm.lost.set()  # type: ignore[attr-defined]  # the destination QEMU is gone ...
         await sm.emit("MIGRATION", 13.0, status="postcopy-paused")  # type: ignore[attr-defined]
         report = await asyncio.wait_for(task, 3)
