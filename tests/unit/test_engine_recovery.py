@@ -128,3 +128,34 @@ def test_cancel_is_a_cancel_even_when_the_destination_reports_failed_first() -> 
         assert report.status == "cancelled" and report.error is None
 
     asyncio.run(main())
+
+
+def test_cancel_is_a_cancel_even_when_the_source_ends_failed() -> None:
+    # QEMU 10.0.2 sometimes ends a cancelled migration "failed" (seen in CI)
+    async def main() -> None:
+        src, dst = endpoints()
+        sm = src.monitor
+        mig = Migration(src, dst, MigrationOptions(policy=parse_policy("manual")))
+        task = asyncio.create_task(mig.run())
+        await _precopy_start(src, dst)
+        canceller = asyncio.create_task(mig.cancel())
+        await _until(lambda: sm.sent("migrate_cancel"))  # type: ignore[attr-defined]
+        await sm.emit("MIGRATION", 11.0, status="failed")  # type: ignore[attr-defined]
+        await asyncio.wait_for(canceller, 3)
+        report = await asyncio.wait_for(task, 3)
+        assert report.status == "cancelled" and report.error is None
+
+    asyncio.run(main())
+
+
+def test_a_source_that_fails_without_a_cancel_fails_the_migration() -> None:
+    async def main() -> None:
+        src, dst = endpoints()
+        mig = Migration(src, dst, MigrationOptions(policy=parse_policy("manual")))
+        task = asyncio.create_task(mig.run())
+        await _precopy_start(src, dst)
+        await src.monitor.emit("MIGRATION", 11.0, status="failed")  # type: ignore[attr-defined]
+        report = await asyncio.wait_for(task, 3)
+        assert report.status == "failed" and report.error and "source QEMU reports failed" in report.error
+
+    asyncio.run(main())

@@ -380,6 +380,12 @@ class Migration:
             self._src_completed_delivered = now
         elif status == "failed" and side == "dst" and self._cancel_sent:
             self.log.info("destination reports failed: expected, its stream was cancelled")
+        elif status == "failed" and side == "src" and self._cancel_sent and st in (S.SETUP, S.PRECOPY):
+            # QEMU 10.0 races migrate_cancel against the return path: when the stream's
+            # error is seen first, the source ends "failed" instead of "cancelled". Either
+            # way nothing was switched and the VM keeps running on the source.
+            self.log.info("source reports failed after migrate_cancel: taken as the cancel's end")
+            await self._on_status("src", "cancelled", now)
         elif status == "failed":
             await self._fail(f"{'source' if side == 'src' else 'destination'} QEMU reports failed")
         elif status == "cancelled" and side == "src" and st in (S.SETUP, S.PRECOPY):
