@@ -13,12 +13,14 @@ structured fields besides its message, so callers can act on it::
      |    +-- UnsupportedError   .capability: a QEMU capability that is missing
      |    +-- GuestImageMissing
      |    +-- LabError           .host: the lab host concerned, if one
+     |    +-- StorageError       .disk: a disk the destination cannot open (not shared)
      +-- VMError                 .vm: the VM's name
      |    +-- VMNotFound
      |    +-- VMExists
      |    +-- QemuStartError     .log: the tail of QEMU's stderr
      |    +-- QemuDied           .returncode
      |    +-- QMPCommandError    .command, .error_class
+     |    +-- AdoptRefused       .what: the part of a foreign QEMU that cannot be recreated
      +-- MigrationError          .state: the migration's state when it happened
           +-- StateError         .required: the states that would have allowed it
           +-- NotMigrating       no migration runs for that VM
@@ -35,6 +37,7 @@ from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
+    "AdoptRefused",
     "EnvironmentProblem",
     "GuestImageMissing",
     "LabError",
@@ -50,6 +53,7 @@ __all__ = [
     "QemuTooOld",
     "SpecError",
     "StateError",
+    "StorageError",
     "UnsafeCombination",
     "UnsupportedError",
     "UsageError",
@@ -108,6 +112,12 @@ class GuestImageMissing(EnvironmentProblem):
     pass
 
 
+class StorageError(EnvironmentProblem):
+    def __init__(self, disk: str, message: str) -> None:
+        super().__init__(message)
+        self.disk = disk
+
+
 class LabError(EnvironmentProblem):
     def __init__(self, message: str, host: str | None = None) -> None:
         super().__init__(message)
@@ -132,6 +142,16 @@ class QemuStartError(VMError):
     def __init__(self, vm: str, message: str, log: str = "") -> None:
         super().__init__(vm, message)
         self.log = log
+
+
+class AdoptRefused(VMError):
+    """A QEMU that livemig cannot take over safely; nothing was changed."""
+
+    exit_code = 2
+
+    def __init__(self, vm: str, what: str, message: str) -> None:
+        super().__init__(vm, f"{vm}: cannot adopt: {message}")
+        self.what = what
 
 
 class QemuDied(VMError):

@@ -28,12 +28,15 @@ from livemig.errors import (
     UsageError,
 )
 from livemig.lab import Lab
+from livemig.lab.plan import GUEST_BRIDGE
 from livemig.observe.heartbeat import HeartbeatReader, guest_stats, write_beats
+from livemig.observe.netprobe import NetProbe, network_stats
 from livemig.policy import parse_policy
 from livemig.qemu.binary import find_qemu
 from livemig.qemu.instance import QemuInstance
 from livemig.qemu.monitor import Monitor
 from livemig.registry import Registry, VMRecord, pid_alive
+from livemig.storage import check_disks
 
 __all__ = ["MigrationJob"]
 
@@ -98,8 +101,11 @@ class MigrationJob:
             yield ev
 
     def validate(self) -> None:
-        """Check, before anything starts, that the VM exists and the destination makes sense."""
-        self._placement(self.registry.load(self.name))
+        """Check, before anything starts, that the VM exists, the destination makes sense and
+        it can open every disk."""
+        rec = self.registry.load(self.name)
+        self._placement(rec)
+        check_disks(rec.spec, rec.instance.pid, self.to_host, Lab.current(self.registry.root))
 
     # ---------------------------------------------------------------------
     async def run(self) -> MigrationReport:
@@ -116,6 +122,7 @@ class MigrationJob:
                 f"`livemig migrate --attach {self.name}` or `livemig recover {self.name}` takes it over"
             )
         dst_netns, link = self._placement(rec)
+        check_disks(rec.spec, rec.instance.pid, self.to_host, Lab.current(reg.root))
         qemu = find_qemu()
         dst_inst = await asyncio.to_thread(
             QemuInstance.spawn, qemu, rec.spec, rec.instance.accel, reg.root, True, dst_netns
@@ -177,7 +184,8 @@ class MigrationJob:
         readers = [
             HeartbeatReader(rec.instance.paths.heartbeat, "src", vmlog),
             HeartbeatReader(dst_inst.paths.heartbeat, "dst", vmlog),
-        ]
+        ] if rec.spec.heartbeat else []  # fmt: skip
+        probe = self._netprobe(rec)
         server: ControlServer | None = None
         mig: Migration | None = None
         report: MigrationReport | None = None
@@ -192,7 +200,7 @@ class MigrationJob:
             )
             for cb in self._callbacks:
                 mig.on_event(cb)
-            if rec.spec.workload.mode == "faultprobe":
+            if rec.spec.workload.mode == "faultprobe" and readers:
                 mig.on_event(lambda ev: self._probe_go(ev, readers[1]))
             mig.on_event(lambda ev: self._record_state(rec, mig))
             self.migration = mig
@@ -200,20 +208,28 @@ class MigrationJob:
             if self.control:
                 server = ControlServer(reg.control_socket(self.name), self)
                 await server.start()
+            if probe is not None:
+                await probe.start()
             t0 = time.time()
             report = await (mig.attach() if attach else mig.run())
             if report.status == "completed":
                 await asyncio.sleep(STALL_GRACE_S)
+            if probe is not None:
+                raw = await probe.stop()
+                resumed = next(
+                    (e["qemu_ts"] for e in report.events if e["name"] == "destination-resumed"), None
+                )
+                report.network = network_stats(raw, resumed) if raw else {"error": "the network probe failed"}
             beats = [b for r in readers for b in r.beats]
-            report.guest = guest_stats(beats, start_ts=t0).to_dict()
+            report.guest = guest_stats(beats, start_ts=t0).to_dict() if readers else {"heartbeat": None}
             if self.heartbeat_log is not None:
                 write_beats(self.heartbeat_log, beats, t0)
             report.link = link
             rates = [r for r in (link and link["rate_bps"], self.options.max_bandwidth) if r]
             report.set_bound(min(rates) if rates else None)
-            if rec.spec.workload.mode == "faultprobe" and report.status == "completed":
+            if rec.spec.workload.mode == "faultprobe" and report.status == "completed" and readers:
                 report.guest["faultprobe"] = await _faultprobe_result(readers[1])
-            if report.status == "completed" and rec.spec.workload.mode == "verify":
+            if report.status == "completed" and rec.spec.workload.mode == "verify" and readers:
                 await self._verify(readers[1], report)
             if report.status == "failed" and report.switched_at_pass is not None:
                 report.evidence = await _evidence(rec.instance, dst_inst, dst_mon)
@@ -224,6 +240,8 @@ class MigrationJob:
                 self._abandon(rec, dst_inst, mig)
             raise
         finally:
+            if probe is not None:
+                await probe.stop()  # idempotent: ends the prober if the migration raised
             if server is not None:
                 await server.stop()
             for r in readers:
@@ -259,6 +277,16 @@ class MigrationJob:
             "wmem_max": lab.plan.wmem_max.get(rec.host),
         }  # fmt: skip
         return dst.netns, link
+
+    def _netprobe(self, rec: VMRecord) -> NetProbe | None:
+        """A prober in the lab's client namespace, for a VM on the lab's guest network."""
+        lab = Lab.current(self.registry.root)
+        if lab is None or not lab.plan.guest_network or rec.host is None:
+            return None
+        for nic in rec.spec.nics:
+            if nic.bridge == GUEST_BRIDGE and nic.address:
+                return NetProbe(lab.plan.client_netns, nic.address, nic.mac)
+        return None
 
     def _probe_go(self, ev: MigrationEvent, dst: HeartbeatReader) -> None:
         """faultprobe: start touching pages the moment the guest resumes on the destination."""

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def fill_image(spec: VMSpec) -> VMSpec:
-    """Default kernel/initrd to the built guest image."""
-    if spec.kernel is not None and spec.initrd is not None:
+    """Default kernel/initrd to the built guest image (unless the VM boots from firmware)."""
+    if spec.firmware is not None or (spec.kernel is not None and spec.initrd is not None):
         return spec
     img = find_image()
     return spec.with_changes(kernel=spec.kernel or img.kernel, initrd=spec.initrd or img.initrd)
@@ -53,7 +53,7 @@ def start_vm(
         inst = QemuInstance.spawn(qemu, spec, accel, reg.root, netns=netns)
         rec = VMRecord(spec.name, spec, inst, host=host)
         reg.create(rec)
-    if wait:
+    if wait and spec.heartbeat:  # only livemig's guest image says when it is ready
         try:
             inst.wait_guest_ready()
         except Exception:

@@ -15,7 +15,7 @@ def test_two_hosts_on_documentation_addresses() -> None:
         ("src", "lm-src", "192.0.2.10", "p-src"),
         ("dst", "lm-dst", "192.0.2.11", "p-dst"),
     ]
-    assert plan.namespaces == ("lm-switch", "lm-src", "lm-dst")
+    assert plan.namespaces == ("lm-switch", "lm-net", "lm-client", "lm-src", "lm-dst")
     assert plan.host("dst").address == "192.0.2.11"
 
 

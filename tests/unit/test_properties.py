@@ -65,7 +65,15 @@ def test_vm_specs_validate_or_name_the_field(
                   initrd=Path("/nonexistent/i"), cmdline=cmdline, accel=accel)  # fmt: skip
     with pytest.raises(UsageError) as info:
         spec.validated()  # the kernel does not exist, so it never validates
-    assert getattr(info.value, "field", None) in {"name", "memory", "vcpus", "accel", "kernel", "cmdline"}
+    assert getattr(info.value, "field", None) in {
+        "name",
+        "memory",
+        "vcpus",
+        "accel",
+        "machine",
+        "boot.kernel",
+        "boot.cmdline",
+    }
 
 
 @given(hosts=st.integers(-3, 20), rate=st.integers(-1, 2**40), burst=st.integers(-1, 2**31),

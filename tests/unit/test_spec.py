@@ -33,9 +33,9 @@ def test_valid_spec_roundtrips(files: tuple[Path, Path]) -> None:
         ({"memory_mib": 10**6}, "memory"),
         ({"vcpus": 0}, "vcpus"),
         ({"accel": "hvf"}, "accel"),
-        ({"kernel": Path("/nonexistent/vmlinuz")}, "kernel"),
-        ({"kernel": None}, "kernel"),
-        ({"cmdline": "a\nb"}, "cmdline"),
+        ({"kernel": Path("/nonexistent/vmlinuz")}, "boot.kernel"),
+        ({"kernel": None}, "boot.kernel"),
+        ({"cmdline": "a\nb"}, "boot.cmdline"),
         ({"workload": parse_workload("dirty:mib=4096")}, "workload"),
     ],
 )

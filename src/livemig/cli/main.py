@@ -29,6 +29,7 @@ from livemig.job import MigrationJob
 from livemig.policy import parse_policy
 from livemig.registry import Registry
 from livemig.spec import VMSpec, parse_size_mib
+from livemig.specfile import load_spec, spec_to_toml
 from livemig.units import parse_rate
 from livemig.vm import start_vm, stop_vm
 
@@ -86,45 +87,66 @@ def vm() -> None:
 
 
 @vm.command("start")
-@click.argument("name")
-@click.option("--memory", default="256", show_default=True, help="Guest memory (MiB, or 512M, 1G).")
-@click.option("--vcpus", default=1, show_default=True, type=int)
+@click.argument("name", required=False)
+@click.option(
+    "--spec",
+    "spec_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A VM spec file (TOML: disks, NICs, boot, extra_args); see the README.",
+)
+@click.option("--memory", default=None, help="Guest memory (MiB, or 512M, 1G). [default: 256]")
+@click.option("--vcpus", default=None, type=int, help="[default: 1]")
 @click.option(
     "--workload",
-    default="idle",
-    show_default=True,
+    default=None,
     help="idle | dirty:mib=M,rate=R,pattern=seq|random | stream:fps=F,kib=K,ring=B | "
     "verify:mib=M,seed=S | faultprobe:mib=M,pages=N",
 )
-@click.option("--accel", default="auto", show_default=True, type=click.Choice(["auto", "tcg", "kvm"]))
+@click.option("--accel", default=None, type=click.Choice(["auto", "tcg", "kvm"]), help="[default: auto]")
 @click.option("--kernel", type=click.Path(path_type=Path), help="Kernel (default: the guest image's).")
 @click.option("--initrd", type=click.Path(path_type=Path), help="Initrd (default: the guest image's).")
-@click.option("--append", "cmdline", default="", help="Extra kernel command line.")
+@click.option("--append", "cmdline", default=None, help="Extra kernel command line.")
 @click.option("--host", default=None, help="Lab host (network namespace) to run in.")
 @click.option("--no-wait", is_flag=True, help="Return without waiting for the guest to boot.")
 @click.pass_context
 def vm_start(
     ctx: click.Context,
-    name: str,
-    memory: str,
-    vcpus: int,
-    workload: str,
-    accel: str,
+    name: str | None,
+    spec_file: Path | None,
+    memory: str | None,
+    vcpus: int | None,
+    workload: str | None,
+    accel: str | None,
     kernel: Path | None,
     initrd: Path | None,
-    cmdline: str,
+    cmdline: str | None,
     host: str | None,
     no_wait: bool,
 ) -> None:
-    """Start VM NAME in the background and record it."""
-    spec = VMSpec(
-        name=name, memory_mib=parse_size_mib(memory), vcpus=vcpus, kernel=kernel, initrd=initrd,
-        cmdline=cmdline, workload=parse_workload(workload), accel=accel,
-    )  # fmt: skip
+    """Start VM NAME in the background and record it (or the VM of --spec FILE; options
+    given next to --spec override the file's fields)."""
+    if spec_file is not None:
+        spec = load_spec(spec_file)
+        if name is not None and name != spec.name:
+            raise UsageError(f"NAME {name!r} differs from the spec's name {spec.name!r}; give one")
+    elif name is None:
+        raise UsageError("give a NAME, or --spec FILE")
+    else:
+        spec = VMSpec(name=name)
+    changes: dict[str, Any] = {
+        "memory_mib": parse_size_mib(memory) if memory is not None else None, "vcpus": vcpus,
+        "kernel": kernel, "initrd": initrd, "cmdline": cmdline, "accel": accel,
+        "workload": parse_workload(workload) if workload is not None else None,
+    }  # fmt: skip
+    spec = spec.with_changes(**{k: v for k, v in changes.items() if v is not None})
     rec = start_vm(spec, _registry(ctx), host=host, wait=not no_wait)
+    spec = rec.spec
+    extras = "".join(
+        f", {len(x)} {what}" for x, what in ((spec.disks, "disk(s)"), (spec.nics, "NIC(s)")) if x
+    )
     out.print(
-        f"started {name} (pid {rec.instance.pid}, {rec.instance.accel}, {spec.memory_mib} MiB, "
-        f"workload {spec.workload})"
+        f"started {spec.name} (pid {rec.instance.pid}, {rec.instance.accel}, {spec.memory_mib} MiB, "
+        f"workload {spec.workload}{extras})"
     )
 
 
@@ -147,10 +169,14 @@ def vm_list(ctx: click.Context, as_json: bool) -> None:
 
 @vm.command("show")
 @click.argument("name")
+@click.option("--spec", "as_spec", is_flag=True, help="Print the TOML spec that reproduces the VM.")
 @click.pass_context
-def vm_show(ctx: click.Context, name: str) -> None:
-    """Show VM NAME's record (JSON)."""
+def vm_show(ctx: click.Context, name: str, as_spec: bool) -> None:
+    """Show VM NAME's record (JSON), or its spec (TOML)."""
     r = _registry(ctx).load(name)
+    if as_spec:
+        click.echo(spec_to_toml(r.spec), nl=False)
+        return
     out.print_json(json.dumps({**r.to_dict(), "status": r.status}))
 
 

@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from qemu.qmp import EventListener
@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 S = MigrationState
 PAGE = 4096
 WATCHED = ("MIGRATION", "MIGRATION_PASS", "STOP", "RESUME")
+# QEMU's defaults are 50/550/5/100 ms: the first RARP 50 ms after the VM resumes. Clients of
+# the VM are cut off until the switches learn its new port, so announce sooner and often.
+DEFAULT_ANNOUNCE: dict[str, int] = {"initial": 10, "max": 250, "rounds": 6, "step": 50}
 RESUMING: Final = frozenset({"postcopy-recover-setup", "postcopy-recover"})
 # The source QEMU's migration status when livemig reattaches -> the state to resume in.
 ATTACH_STATE: dict[str, MigrationState] = {
@@ -74,6 +77,9 @@ class MigrationOptions:
     recover: bool = True
     recover_deadline_s: float = 120.0
     recover_attempt_s: float = 10.0
+    # Self-announce of the destination (RARPs from each NIC's MAC, so that switches learn
+    # the VM's new port): QEMU's migration parameters, set on the destination.
+    announce: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_ANNOUNCE))
 
 
 @dataclass
@@ -284,6 +290,9 @@ class Migration:
         arg = {"capabilities": [{"capability": k, "state": v} for k, v in self.caps.items()]}
         # Order matters (NOTES): destination capabilities, then migrate-incoming; then source.
         await self.dst.monitor.execute("migrate-set-capabilities", arg)
+        announce = {f"announce-{k}": v for k, v in self.options.announce.items()}
+        if announce:
+            await self.dst.monitor.execute("migrate-set-parameters", announce)
         tls_params = await self._tls()
         for ep in (self.src, self.dst):
             self._listen(ep)
@@ -312,7 +321,7 @@ class Migration:
             params["max-postcopy-bandwidth"] = self.options.postcopy_bandwidth
         if params:
             await self.src.monitor.execute("migrate-set-parameters", params)
-        self.params = params
+        self.params = {**params, **{f"destination {k}": v for k, v in announce.items()}}
 
     async def _tls(self) -> dict[str, Any]:
         """x509 credentials on both sides (a fresh id each time); the destination's are set

@@ -40,13 +40,14 @@ class MigrationReport:
     parameters: dict[str, Any] = field(default_factory=dict)
     # The bottleneck: the lab link's shaping and/or QEMU's max-bandwidth; the physical
     # bound is bytes_transferred / its rate, and total time is reported against it.
-    recovery: dict[str, Any] | None = None
-    evidence: dict[str, Any] | None = (
-        None  # when a QEMU died after the switch: what was seen  # post-copy pauses, recovery attempts, recoveries
-    )
+    recovery: dict[str, Any] | None = None  # post-copy pauses, recovery attempts, recoveries
+    evidence: dict[str, Any] | None = None  # when a QEMU died after the switch: what was seen
     link: dict[str, Any] | None = None
     physical_bound_ms: float | None = None
     time_vs_bound: float | None = None
+    # What a client of the VM saw (the lab's client namespace, UDP echo every 5 ms):
+    # sent, received, lost, max_gap_ms, and when the destination announced the VM.
+    network: dict[str, Any] | None = None
 
     def set_bound(self, rate_bps: int | None) -> None:
         """Record the physical bound for a bottleneck of ``rate_bps`` bytes/s."""

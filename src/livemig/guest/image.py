@@ -25,6 +25,12 @@ __all__ = ["GuestImage", "build_image", "find_image"]
 log = logging.getLogger(__name__)
 
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
+# The cloud kernel builds virtio as modules: these go into the initramfs, loaded in this order.
+GUEST_MODULES = (
+    "virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
+    "failover", "net_failover", "virtio_net", "virtio_blk",
+)  # fmt: skip
+PROGRAMS = ("lmwork", "lmecho")
 BUSYBOX = Path("/bin/busybox")
 
 
@@ -46,8 +52,10 @@ def _source(name: str) -> bytes:
 def _inputs_key() -> str:
     """Hash of what goes into the initramfs: the C workload, init and busybox."""
     h = hashlib.sha256()
-    h.update(_source("workloads/lmwork.c"))
+    for prog in PROGRAMS:
+        h.update(_source(f"workloads/{prog}.c"))
     h.update(_source("init.sh"))
+    h.update(" ".join(GUEST_MODULES).encode())
     if BUSYBOX.exists():
         h.update(hashlib.sha256(BUSYBOX.read_bytes()).digest())
     return h.hexdigest()
@@ -117,11 +125,27 @@ def _fetch_kernel(root: Path) -> tuple[Path, str]:
     return found[-1], found[-1].name.removeprefix("vmlinuz-")
 
 
-def _compile_workload(out: Path) -> None:
+def _compile(prog: str, out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "lmwork.c"
-        src.write_bytes(_source("workloads/lmwork.c"))
+        src = Path(tmp) / f"{prog}.c"
+        src.write_bytes(_source(f"workloads/{prog}.c"))
         _run(["gcc", "-O2", "-static", "-pthread", "-o", str(out), str(src)])
+
+
+def _copy_modules(kernel: Path, dest: Path) -> None:
+    """The guest's virtio drivers, from the kernel package's lib/modules (flat, by name)."""
+    mods = kernel.parent.parent / "lib" / "modules"
+    dest.mkdir(parents=True)
+    for name in GUEST_MODULES:
+        found = sorted(mods.glob(f"*/kernel/**/{name}.ko")) + sorted(mods.glob(f"*/kernel/**/{name}.ko.xz"))
+        if not found:
+            raise EnvironmentProblem(f"the guest kernel has no module {name}.ko under {mods}")
+        if found[0].suffix == ".xz":
+            import lzma
+
+            (dest / f"{name}.ko").write_bytes(lzma.decompress(found[0].read_bytes()))
+        else:
+            shutil.copy2(found[0], dest / f"{name}.ko")
 
 
 def _write_newc(root: Path, dest: Path) -> None:
@@ -171,7 +195,9 @@ def build_image(force: bool = False) -> GuestImage:
             (tree / d).mkdir(parents=True)
         shutil.copy2(BUSYBOX, tree / "bin" / "busybox")
         (tree / "bin" / "sh").symlink_to("busybox")
-        _compile_workload(tree / "bin" / "lmwork")
+        for prog in PROGRAMS:
+            _compile(prog, tree / "bin" / prog)
+        _copy_modules(kernel, tree / "lib" / "modules")
         init = tree / "init"
         init.write_bytes(_source("init.sh"))
         init.chmod(0o755)

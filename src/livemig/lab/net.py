@@ -15,8 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from livemig.errors import LabError
-from livemig.lab.plan import DEFAULT_PREFIX, PREFIXLEN, LabHost, LabPlan, Shaping, plan_lab
-from livemig.paths import runtime_dir
+from livemig.lab.plan import (
+    CLIENT_ADDRESS,
+    DEFAULT_PREFIX,
+    GUEST_BRIDGE,
+    PREFIXLEN,
+    LabHost,
+    LabPlan,
+    Shaping,
+    plan_lab,
+)
+from livemig.paths import cache_dir, runtime_dir
 
 __all__ = ["Lab", "lab_prefix"]
 
@@ -133,6 +142,22 @@ class Lab:
         self.plan.host(host)
         return self.root / "lab-pki" / host
 
+    def local_dir(self, host: str) -> Path:
+        """``host``'s local storage: disks here are visible to ``host`` only."""
+        self.plan.host(host)
+        return self._local_root / host
+
+    @property
+    def _local_root(self) -> Path:
+        # on a disk, not in the runtime directory: /run is a tmpfs, where cache=none fails
+        return cache_dir() / "lab-local" / self.plan.prefix
+
+    def owner_of(self, path: Path) -> str | None:
+        """The host whose local storage holds ``path`` (None: shared storage)."""
+        with contextlib.suppress(ValueError, IndexError):
+            return path.resolve().relative_to(self._local_root.resolve()).parts[0]
+        return None
+
     def _issue_pki(self) -> None:
         from livemig.lab.pki import issue_host, new_ca
 
@@ -160,7 +185,37 @@ class Lab:
                     ns.addr("add", index=eth, address=h.address, prefixlen=PREFIXLEN)
                     ns.link("set", index=eth, state="up")
                     ns.link("set", index=_index(ns, "lo"), state="up")
+        self._build_guest_network()
+        for h in p.hosts:
+            self.local_dir(h.name).mkdir(parents=True, exist_ok=True, mode=0o700)
         self.shape(p.shaping)
+
+    def _build_guest_network(self) -> None:
+        """gbr0 in the net namespace; lmbr0 in every host, uplinked to gbr0; the client."""
+        p = self.plan
+        with _ns(p.net_netns) as net:
+            net.link("set", index=_index(net, "lo"), state="up")
+            net.link("add", ifname="gbr0", kind="bridge")
+            gbr = _index(net, "gbr0")
+            net.link("set", index=gbr, state="up")
+            for h in p.hosts:
+                with _ns(h.netns) as ns:
+                    ns.link("add", ifname=GUEST_BRIDGE, kind="bridge")
+                    ns.link("set", index=_index(ns, GUEST_BRIDGE), state="up")
+                port = f"g-{h.name}"
+                net.link("add", ifname=port, kind="veth", peer={"ifname": "guplink", "net_ns_fd": h.netns})
+                net.link("set", index=_index(net, port), master=gbr, state="up")
+                with _ns(h.netns) as ns:
+                    ns.link("set", index=_index(ns, "guplink"), master=_index(ns, GUEST_BRIDGE), state="up")
+            net.link(
+                "add", ifname="c-client", kind="veth", peer={"ifname": "eth0", "net_ns_fd": p.client_netns}
+            )
+            net.link("set", index=_index(net, "c-client"), master=gbr, state="up")
+        with _ns(p.client_netns) as cl:
+            eth = _index(cl, "eth0")
+            cl.addr("add", index=eth, address=CLIENT_ADDRESS, prefixlen=PREFIXLEN)
+            cl.link("set", index=eth, state="up")
+            cl.link("set", index=_index(cl, "lo"), state="up")
 
     def shape(self, shaping: Shaping) -> None:
         """(Re)apply tbf to both ends of every host's link."""
@@ -219,6 +274,9 @@ class Lab:
         with contextlib.suppress(FileNotFoundError):
             self.state_path(self.root).unlink()
         shutil.rmtree(self.root / "lab-pki", ignore_errors=True)
+        for h in self.plan.hosts:  # the hosts' local disks are the user's: only empty dirs go
+            with contextlib.suppress(OSError):
+                self.local_dir(h.name).rmdir()
         log.info("lab down: removed %s", removed)
         return removed
 
@@ -251,7 +309,11 @@ class Lab:
             "switch": self.plan.switch_netns,
             "missing": sorted(missing),
             "wmem_max": self.plan.wmem_max,
-        }
+            "guest_network": {
+                "bridge": f"{GUEST_BRIDGE} in every host", "switch": self.plan.net_netns,
+                "client": self.plan.client_netns, "client_address": CLIENT_ADDRESS, "subnet": "198.51.100.0/24",
+            } if self.plan.guest_network else None,
+        }  # fmt: skip
 
 
 def _tbf(ns: Any, ifname: str) -> dict[str, Any] | None:

@@ -6,6 +6,14 @@ and one switch namespace holding a bridge. Each host has a veth ``eth0`` whose p
 (``p-<host>``) is a port of the bridge. Both ends of every veth carry a tbf qdisc,
 so traffic is shaped in both directions: host -> switch on ``eth0``, switch -> host
 on ``p-<host>``. Addresses are on 192.0.2.0/24 (TEST-NET-1, documentation only).
+
+The guest network is separate from that migration link, as a VM's front-end network
+is in a real data centre: every host has a bridge ``lmbr0`` (VMs' taps join it:
+``network = "bridge:lmbr0"``), uplinked by a veth to the bridge ``gbr0`` of the
+``<prefix>net`` namespace. A ``<prefix>client`` namespace sits on ``gbr0`` too, at
+198.51.100.2 (TEST-NET-2), for load generators and the network probe; guests take
+198.51.100.10 and up. Disks under a host's ``local`` directory stand for that host's
+local storage: no other host can open them.
 """
 
 from __future__ import annotations
@@ -16,9 +24,20 @@ from typing import Any, Final
 
 from livemig.errors import LabError, UsageError
 
-__all__ = ["LabHost", "LabPlan", "Shaping", "plan_lab"]
+__all__ = ["CLIENT_ADDRESS", "GUEST_BRIDGE", "LabHost", "LabPlan", "Shaping", "guest_ip", "plan_lab"]
+
+
+def guest_ip(index: int) -> str:
+    """The ``index``-th guest address on the lab's guest network, with its prefix."""
+    if not 0 <= index < 200:
+        raise UsageError(f"guest address index {index}: out of range [0, 200)")
+    return f"{GUEST_SUBNET}.{10 + index}/24"
+
 
 SUBNET: Final = "192.0.2"
+GUEST_SUBNET: Final = "198.51.100"
+GUEST_BRIDGE: Final = "lmbr0"  # in every host's namespace
+CLIENT_ADDRESS: Final = f"{GUEST_SUBNET}.2"
 PREFIXLEN: Final = 24
 FIRST_HOST_OCTET: Final = 10
 MAX_HOSTS: Final = 8
@@ -67,6 +86,12 @@ class LabPlan:
     switch_netns: str
     bridge: str = "br0"
     wmem_max: dict[str, int] = field(default_factory=dict)  # host -> tcp_wmem max, where changed
+    net_netns: str = ""  # the guest network's switch (bridge gbr0)
+    client_netns: str = ""  # a client of the guests, on the guest network
+
+    @property
+    def guest_network(self) -> bool:
+        return bool(self.net_netns)
 
     def host(self, name: str) -> LabHost:
         for h in self.hosts:
@@ -77,7 +102,8 @@ class LabPlan:
 
     @property
     def namespaces(self) -> tuple[str, ...]:
-        return (self.switch_netns, *(h.netns for h in self.hosts))
+        extra = (self.net_netns, self.client_netns) if self.guest_network else ()
+        return (self.switch_netns, *extra, *(h.netns for h in self.hosts))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +117,8 @@ class LabPlan:
             switch_netns=d["switch_netns"],
             bridge=d.get("bridge", "br0"),
             wmem_max=dict(d.get("wmem_max") or {}),
+            net_netns=d.get("net_netns", ""),
+            client_netns=d.get("client_netns", ""),
         )
 
 
@@ -107,4 +135,7 @@ def plan_lab(hosts: int, shaping: Shaping, prefix: str = DEFAULT_PREFIX) -> LabP
         LabHost(name, f"{prefix}{name}", f"{SUBNET}.{FIRST_HOST_OCTET + i}", port=f"p-{name}")
         for i, name in enumerate(host_names(hosts))
     )
-    return LabPlan(prefix, shaping.validated(), members, f"{prefix}switch")
+    return LabPlan(
+        prefix, shaping.validated(), members, f"{prefix}switch",
+        net_netns=f"{prefix}net", client_netns=f"{prefix}client",
+    )  # fmt: skip

@@ -11,7 +11,12 @@ from pathlib import Path
 
 from livemig.spec import VMSpec
 
-__all__ = ["InstancePaths", "build_argv"]
+__all__ = ["InstancePaths", "build_argv", "tap_name"]
+
+
+def tap_name(instance_id: str, index: int) -> str:
+    """The tap of NIC ``index`` of one QEMU instance (unique per host: 15 chars max)."""
+    return f"lmt{instance_id[:8]}n{index}"
 
 
 @dataclass(frozen=True)
@@ -51,30 +56,49 @@ class InstancePaths:
         return (self.qmp, self.qmp_aux, self.heartbeat)
 
 
-def build_argv(qemu: Path, spec: VMSpec, accel: str, paths: InstancePaths, incoming: bool) -> list[str]:
-    assert spec.kernel is not None and spec.initrd is not None
+def build_argv(
+    qemu: Path, spec: VMSpec, accel: str, paths: InstancePaths, incoming: bool, instance_id: str = "0"
+) -> list[str]:
     argv = [
         str(qemu),
         "-name", f"{spec.name},debug-threads=on",
         "-nodefaults",
         "-no-user-config",
         "-display", "none",
-        "-machine", "pc",
+        "-machine", spec.machine,
         "-accel", accel,
         "-m", str(spec.memory_mib),
         "-smp", str(spec.vcpus),
-        "-kernel", str(spec.kernel),
-        "-initrd", str(spec.initrd),
-        "-append", spec.kernel_cmdline,
-        "-serial", f"file:{paths.console}",
-        "-chardev", f"socket,id=hb,path={paths.heartbeat},server=on,wait=off",
-        "-serial", "chardev:hb",
+    ]  # fmt: skip
+    if spec.firmware is None:
+        assert spec.kernel is not None and spec.initrd is not None
+        argv += ["-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.kernel_cmdline]
+    for i, d in enumerate(spec.disks):
+        ro = ",readonly=on" if d.readonly else ""
+        argv += [
+            "-drive", f"file={d.path},format={d.format},if=none,id=disk{i},cache={d.cache}{ro}",
+            "-device", f"virtio-blk-pci,drive=disk{i},id=vd{i}" + (",bootindex=0" if i == 0 and spec.firmware else ""),
+        ]  # fmt: skip
+    for i, n in enumerate(spec.nics):
+        if n.bridge is None:
+            argv += ["-netdev", f"user,id=net{i}"]
+        else:  # QEMU creates the tap (it goes away with QEMU); livemig puts it on the bridge
+            argv += ["-netdev", f"tap,id=net{i},ifname={tap_name(instance_id, i)},script=no,downscript=no"]
+        argv += ["-device", f"{n.model},netdev=net{i},mac={n.mac},id=nic{i}"]
+    argv += ["-serial", f"file:{paths.console}"]
+    if spec.heartbeat:
+        argv += [
+            "-chardev", f"socket,id=hb,path={paths.heartbeat},server=on,wait=off",
+            "-serial", "chardev:hb",
+        ]  # fmt: skip
+    argv += [
         "-chardev", f"socket,id=qmp,path={paths.qmp},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
         "-chardev", f"socket,id=qmpaux,path={paths.qmp_aux},server=on,wait=off",
         "-mon", "chardev=qmpaux,mode=control",
         "-pidfile", str(paths.pidfile),
         "-no-reboot",
+        *spec.extra_args,
     ]  # fmt: skip
     if incoming:
         argv += ["-incoming", "defer"]

@@ -10,17 +10,30 @@ import secrets
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from livemig.errors import QemuStartError
 from livemig.paths import ensure_private_dir
-from livemig.qemu.argv import InstancePaths, build_argv
+from livemig.qemu.argv import InstancePaths, build_argv, tap_name
 from livemig.qemu.binary import QemuBinary
 from livemig.spec import VMSpec
 
-__all__ = ["QemuInstance"]
+__all__ = ["Launch", "QemuInstance", "spec_launch"]
+
+# What to run for one instance: (its paths, its id) -> (argv, [(tap, bridge)], heartbeat?)
+Launch = Callable[[InstancePaths, str], tuple[list[str], list[tuple[str, str]], bool]]
+
+
+def spec_launch(spec: VMSpec, qemu: Path, accel: str, incoming: bool) -> Launch:
+    def launch(paths: InstancePaths, iid: str) -> tuple[list[str], list[tuple[str, str]], bool]:
+        taps = [(tap_name(iid, i), n.bridge) for i, n in enumerate(spec.nics) if n.bridge]
+        return build_argv(qemu, spec, accel, paths, incoming, iid), taps, spec.heartbeat
+
+    return launch
+
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +87,15 @@ class QemuInstance:
         incoming: bool = False,
         netns: str | None = None,
         timeout: float = 10.0,
+        launch: Launch | None = None,
     ) -> QemuInstance:
+        """Start QEMU for ``spec`` (or as ``launch`` says: adopted VMs), wait for its
+        sockets and put its taps on their bridges."""
         iid = secrets.token_hex(4)
         idir = ensure_private_dir(ensure_private_dir(runtime / "qemu") / f"{spec.name}-{iid}")
         paths = InstancePaths(idir)
-        argv = build_argv(qemu.path, spec, accel, paths, incoming)
+        launch = launch or spec_launch(spec, qemu.path, accel, incoming)
+        argv, taps, heartbeat = launch(paths, iid)
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
         log.debug("spawning %s", argv)
@@ -101,7 +118,8 @@ class QemuInstance:
             os.close(fd)
         inst = cls(spec.name, iid, idir, pid, accel, incoming, netns, _proc_start(pid), _child=True)
         deadline = time.monotonic() + timeout
-        while not all(p.exists() for p in paths.sockets):
+        sockets = paths.sockets if heartbeat else (paths.qmp, paths.qmp_aux)
+        while not all(p.exists() for p in sockets):
             if not inst.alive():
                 msg = _tail(paths.log) or f"exit code {inst.returncode()}"
                 shutil.rmtree(idir, ignore_errors=True)
@@ -112,8 +130,16 @@ class QemuInstance:
                 inst.kill()
                 raise QemuStartError(spec.name, f"{spec.name}: QEMU did not open its sockets in {timeout:g}s")
             time.sleep(0.01)
-        for sock in paths.sockets:
+        for sock in sockets:
             sock.chmod(0o600)
+        if taps:
+            from livemig.lab.bridge import attach_taps
+
+            try:
+                attach_taps(netns, taps, inst.alive, deadline)
+            except Exception:
+                inst.kill()
+                raise
         return inst
 
     def _reap(self) -> None:
