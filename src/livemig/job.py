@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from livemig.adopt import adopted_launch, after_migration
 from livemig.control import ControlServer
 from livemig.engine.events import MigrationEvent
 from livemig.engine.migration import Endpoint, Migration, MigrationOptions
@@ -36,7 +37,7 @@ from livemig.qemu.binary import find_qemu
 from livemig.qemu.instance import QemuInstance
 from livemig.qemu.monitor import Monitor
 from livemig.registry import Registry, VMRecord, pid_alive
-from livemig.storage import check_disks
+from livemig.storage import DiskRef, check_disks, spec_disks
 
 __all__ = ["MigrationJob"]
 
@@ -105,7 +106,7 @@ class MigrationJob:
         it can open every disk."""
         rec = self.registry.load(self.name)
         self._placement(rec)
-        check_disks(rec.spec, rec.instance.pid, self.to_host, Lab.current(self.registry.root))
+        check_disks(_disks(rec), rec.instance.pid, self.to_host, Lab.current(self.registry.root))
 
     # ---------------------------------------------------------------------
     async def run(self) -> MigrationReport:
@@ -122,10 +123,11 @@ class MigrationJob:
                 f"`livemig migrate --attach {self.name}` or `livemig recover {self.name}` takes it over"
             )
         dst_netns, link = self._placement(rec)
-        check_disks(rec.spec, rec.instance.pid, self.to_host, Lab.current(reg.root))
+        check_disks(_disks(rec), rec.instance.pid, self.to_host, Lab.current(reg.root))
         qemu = find_qemu()
+        launch = adopted_launch(rec) if rec.adopted else None
         dst_inst = await asyncio.to_thread(
-            QemuInstance.spawn, qemu, rec.spec, rec.instance.accel, reg.root, True, dst_netns
+            QemuInstance.spawn, qemu, rec.spec, rec.instance.accel, reg.root, True, dst_netns, 10.0, launch
         )
         rec.migration = {
             "state": "setup", "owner_pid": os.getpid(), "dst": dst_inst.to_dict(),
@@ -325,6 +327,10 @@ class MigrationJob:
             old = rec.instance
             rec.instance = dataclasses.replace(dst, incoming=False)
             rec.host = self.to_host
+            try:
+                after_migration(rec, rec.instance)
+            except Exception:  # never lose the record of where the VM runs over this
+                self.log.exception("could not re-read the destination's command line")
             rec.migration = {"state": "completed", "from": old.to_dict(), "finished": time.time()}
             report.where = f"destination (pid {dst.pid})"
         elif state in (S.FAILED, S.CANCELLED) and not mig.src_completed and report.switched_at_pass is None:
@@ -376,6 +382,12 @@ class MigrationJob:
                 cur = self.registry.load(self.name)
                 cur.migration = None
                 self.registry.save(cur)
+
+
+def _disks(rec: VMRecord) -> list[DiskRef]:
+    if rec.adopted is not None:
+        return [(f"disk {d}", Path(d), False) for d in rec.adopted.get("disks", [])]
+    return spec_disks(rec.spec)
 
 
 async def _evidence(src: QemuInstance, dst: QemuInstance, dst_mon: Monitor) -> dict[str, Any]:

@@ -30,6 +30,9 @@ class VMRecord:
     uid: int = field(default_factory=os.geteuid)
     created: float = field(default_factory=time.time)
     migration: dict[str, Any] | None = None
+    # A QEMU that livemig did not start (`livemig adopt`): its argv, its taps' bridges,
+    # the heartbeat chardev and the machine type, from which each destination is derived.
+    adopted: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         mig = f" migrating({self.migration.get('state')})" if self.migration else ""
@@ -68,6 +71,7 @@ class VMRecord:
             "uid": self.uid,
             "created": self.created,
             "migration": self.migration,
+            "adopted": self.adopted,
         }
 
     @classmethod
@@ -80,6 +84,7 @@ class VMRecord:
             uid=int(d.get("uid", os.geteuid())),
             created=float(d.get("created", 0)),
             migration=d.get("migration"),
+            adopted=d.get("adopted"),
         )
 
 

@@ -22,7 +22,14 @@ from livemig.spec import VMSpec
 if TYPE_CHECKING:
     from livemig.lab import Lab
 
-__all__ = ["check_disks", "disk_identity"]
+__all__ = ["DiskRef", "check_disks", "disk_identity", "spec_disks"]
+
+# (label, path, read-only)
+DiskRef = tuple[str, Path, bool]
+
+
+def spec_disks(spec: VMSpec) -> list[DiskRef]:
+    return [(f"disk[{i}] {d.path}", d.path, d.readonly) for i, d in enumerate(spec.disks)]
 
 
 def disk_identity(path: Path, root: Path = Path("/"), writable: bool = False) -> tuple[int, int]:
@@ -36,13 +43,12 @@ def disk_identity(path: Path, root: Path = Path("/"), writable: bool = False) ->
     return st.st_dev, st.st_ino
 
 
-def check_disks(spec: VMSpec, src_pid: int | None, to_host: str | None, lab: Lab | None) -> None:
+def check_disks(disks: list[DiskRef], src_pid: int | None, to_host: str | None, lab: Lab | None) -> None:
     """Raise :class:`StorageError` naming the first disk the destination cannot open."""
     dst = to_host or "this host"
-    for i, disk in enumerate(spec.disks):
-        where = f"disk[{i}] {disk.path}"
+    for where, path, readonly in disks:
         if lab is not None and to_host is not None:
-            owner = lab.owner_of(disk.path)
+            owner = lab.owner_of(path)
             if owner is not None and owner != to_host:
                 raise StorageError(
                     where,
@@ -50,14 +56,14 @@ def check_disks(spec: VMSpec, src_pid: int | None, to_host: str | None, lab: Lab
                     "(livemig migrates VMs on shared storage only)",
                 )
         try:
-            mine = disk_identity(disk.path, writable=not disk.readonly)
+            mine = disk_identity(path, writable=not readonly)
         except OSError as exc:
             raise StorageError(
                 where, f"{where} cannot be opened from {dst}: {exc.strerror} (shared storage is required)"
             ) from None
         if src_pid is not None:
             try:
-                theirs = disk_identity(disk.path, Path(f"/proc/{src_pid}/root"))
+                theirs = disk_identity(path, Path(f"/proc/{src_pid}/root"))
             except OSError:
                 continue  # the source's view is not readable (another user's): checked ours
             if theirs != mine:

@@ -2,7 +2,8 @@
 
 import struct
 
-from livemig.observe.netprobe import _announce_kind, network_stats
+from livemig.observe.netprobe import network_stats
+from livemig.observe.prober import _announce_kind
 
 
 def raw(sent: list[float], recv: dict[int, float], announce: list[tuple[float, str]] | None = None) -> dict:

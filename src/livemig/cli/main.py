@@ -189,6 +189,46 @@ def vm_stop(ctx: click.Context, name: str) -> None:
     out.print(f"stopped {name}")
 
 
+@cli.command()
+@click.argument("name")
+@click.option(
+    "--qmp", "qmp", required=True, type=click.Path(path_type=Path), help="The QEMU's QMP UNIX socket."
+)
+@click.option("--pid", type=int, default=None, help="Its PID (checked against the socket's owner).")
+@click.option(
+    "--heartbeat",
+    default=None,
+    metavar="CHARDEV",
+    help="The chardev (a UNIX socket) where livemig's guest image writes heartbeats, if any.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the record, with the derived destination argv.")
+@click.pass_context
+def adopt(
+    ctx: click.Context, name: str, qmp: Path, pid: int | None, heartbeat: str | None, as_json: bool
+) -> None:
+    """Take over a running QEMU that livemig did not start, as VM NAME.
+
+    Reads its command line and QMP's view of it, derives the destination's command line
+    and records the VM; refuses (saying why) what cannot be recreated: fd-passed devices,
+    vhost-user, VFIO, local-only disks. Nothing in the running VM changes.
+    """
+    from livemig.adopt import adopt_vm, adopted_launch
+    from livemig.qemu.argv import InstancePaths
+
+    rec = adopt_vm(name, qmp, pid=pid, heartbeat=heartbeat, registry=_registry(ctx))
+    paths = InstancePaths(rec.instance.dir.parent / f"{name}-DEST")
+    argv, taps, _ = adopted_launch(rec)(paths, "DEST0000")
+    if as_json:
+        out.print_json(json.dumps({**rec.to_dict(), "destination_argv": argv, "destination_taps": taps}))
+        return
+    where = f"lab host {rec.host}" if rec.host else "this host"
+    out.print(
+        f"adopted {name} (pid {rec.instance.pid} on {where}, {rec.instance.accel}, {rec.spec.memory_mib} MiB, "
+        f"{len(rec.adopted['disks'] if rec.adopted else [])} disk(s), {len(taps)} tap(s)); "
+        f"`livemig migrate {name}{' --to HOST' if rec.host else ''}` moves it"
+    )
+
+
 # -- migrate ------------------------------------------------------------------
 def migration_options(
     policy: str,

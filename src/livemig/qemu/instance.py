@@ -64,6 +64,7 @@ class QemuInstance:
     incoming: bool = False
     netns: str | None = None
     start_ticks: int | None = None  # /proc/PID/stat starttime: tells our QEMU from a reused PID
+    taps: tuple[tuple[str, str], ...] = ()  # (tap, bridge) of each bridged NIC
     _child: bool = False  # spawned by this process: reap it by PID when it exits
     _returncode: int | None = None
 
@@ -116,7 +117,9 @@ class QemuInstance:
             )
         finally:
             os.close(fd)
-        inst = cls(spec.name, iid, idir, pid, accel, incoming, netns, _proc_start(pid), _child=True)
+        inst = cls(
+            spec.name, iid, idir, pid, accel, incoming, netns, _proc_start(pid), tuple(taps), _child=True
+        )
         deadline = time.monotonic() + timeout
         sockets = paths.sockets if heartbeat else (paths.qmp, paths.qmp_aux)
         while not all(p.exists() for p in sockets):
@@ -235,6 +238,7 @@ class QemuInstance:
             "incoming": self.incoming,
             "netns": self.netns,
             "start_ticks": self.start_ticks,
+            "taps": [list(t) for t in self.taps],
         }
 
     @classmethod
@@ -242,4 +246,5 @@ class QemuInstance:
         return cls(
             d["name"], d["id"], Path(d["dir"]), int(d["pid"]), d["accel"],
             bool(d.get("incoming")), d.get("netns"), d.get("start_ticks"),
+            tuple((str(t), str(b)) for t, b in d.get("taps") or ()),
         )  # fmt: skip
