@@ -151,10 +151,18 @@ def test_a_spec_round_trips_through_vm_show(lab: Lab, vms: VMFactory, shared: Pa
     vms.names.append("b")
     nic = 'ip = "198.51.100.11/24"'
     text = again.read_text().replace(nic, f'ip = "{guest_ip(2)}"')
-    again.write_text(text.replace(vms.registry.load("a").spec.nics[0].mac or "", "52:54:00:00:00:0b"))
+    text = text.replace(vms.registry.load("a").spec.nics[0].mac or "", "52:54:00:00:00:0b")
+    (shared / "b.raw").write_bytes(bytes(1 << 20))  # a disk is one VM's: QEMU locks it
+    again.write_text(text.replace(str(disk), str(shared / "b.raw")))
     assert livemig("vm", "start", "--spec", str(again), "--host", "dst", runtime=vms.runtime).returncode == 0
     a, b = vms.registry.load("a").spec, vms.registry.load("b").spec
-    assert (a.memory_mib, a.disks, a.workload, a.cmdline) == (b.memory_mib, b.disks, b.workload, b.cmdline)
+    assert (a.memory_mib, a.workload, a.cmdline, a.nics[0].model) == (
+        b.memory_mib,
+        b.workload,
+        b.cmdline,
+        b.nics[0].model,
+    )
+    assert b.disks[0].path == shared / "b.raw" and a.disks[0].cache == b.disks[0].cache == "none"
     assert echo_from_client(lab, guest_ip(2).split("/")[0]) >= 18
 
 
@@ -213,13 +221,12 @@ def _plain_qemu(tmp: Path, lab: Lab, disk: Path, extra: list[str]) -> subprocess
         "-chardev", f"socket,id=beat,path={tmp / 'beat.sock'},server=on,wait=off", "-serial", "chardev:beat",
         "-qmp", f"unix:{tmp / 'qmp.sock'},server=on,wait=off", *extra,
     ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with (tmp / "qemu.err").open("wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+    console = tmp / "console.log"
     deadline = time.monotonic() + 30
-    while (
-        not (tmp / "console.log").exists()
-        or b"livemig-guest: ready" not in (tmp / "console.log").read_bytes()
-    ):
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+    while not console.exists() or b"livemig-guest: ready" not in console.read_bytes():
+        assert proc.poll() is None, (tmp / "qemu.err").read_text()
         assert time.monotonic() < deadline, "the plain guest did not boot"
         time.sleep(0.1)
     subprocess.run(["ip", "netns", "exec", lab.host("src").netns, "ip", "link", "set", "plaintap",

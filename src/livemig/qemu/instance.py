@@ -140,8 +140,13 @@ class QemuInstance:
 
             try:
                 attach_taps(netns, taps, inst.alive, deadline)
-            except Exception:
-                inst.kill()
+            except Exception as exc:
+                died = not inst.alive()
+                inst.kill(remove=False)
+                msg = _tail(paths.log).splitlines()
+                shutil.rmtree(idir, ignore_errors=True)
+                if died and msg:
+                    raise QemuStartError(spec.name, f"{spec.name}: QEMU exited at start: {msg[-1]}") from exc
                 raise
         return inst
 
