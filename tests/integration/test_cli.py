@@ -57,7 +57,11 @@ def no_qemu_dirs(runtime: Path) -> bool:
         (["migrate", "nosuch", "--policy", "postcopy-after:0"], ["postcopy-after:0", "between 1 and"]),
         (["migrate", "nosuch", "--bandwidth", "fast"], ["--bandwidth", "not a rate"]),
         (["migrate", "nosuch", "--port", "70000"], ["--port"]),
-        (["vm", "start"], ["Missing argument"]),
+        (["vm", "start"], ["give a NAME, or --spec FILE"]),
+        (["vm", "start", "--spec", "/nonexistent/vm.toml"], ["/nonexistent/vm.toml", "cannot read"]),
+        (["vm", "start", "other", "--spec", "/dev/null"], ["name: is required"]),
+        (["adopt", "x", "--qmp", "/nonexistent.sock"], ["--qmp", "no such UNIX socket"]),
+        (["adopt", "bad name!", "--qmp", "/nonexistent.sock"], ["NAME"]),
         (["frobnicate"], ["No such command"]),
     ],
 )

@@ -143,10 +143,10 @@ class QemuInstance:
             except Exception as exc:
                 died = not inst.alive()
                 inst.kill(remove=False)
-                msg = _tail(paths.log).splitlines()
+                said = _tail(paths.log).splitlines()
                 shutil.rmtree(idir, ignore_errors=True)
-                if died and msg:
-                    raise QemuStartError(spec.name, f"{spec.name}: QEMU exited at start: {msg[-1]}") from exc
+                if died and said:
+                    raise QemuStartError(spec.name, f"{spec.name}: QEMU exited at start: {said[-1]}") from exc
                 raise
         return inst
 
