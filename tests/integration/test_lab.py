@@ -26,9 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.lab]
 def test_up_down_are_idempotent_and_leave_nothing(lab_env: Path) -> None:
     up = livemig("lab", "up", "--bandwidth", "100mbit", runtime=lab_env)
     assert up.returncode == 0, up.stderr
-    assert sorted(lab_namespaces()) == [
-        f"{LAB_PREFIX}{n}" for n in ("client", "dst", "net", "src", "switch")
-    ]
+    assert sorted(lab_namespaces()) == [f"{LAB_PREFIX}{n}" for n in ("client", "dst", "net", "src", "switch")]
     again = livemig("lab", "up", "--bandwidth", "300mbit", "--latency", "20ms", runtime=lab_env)
     assert again.returncode == 0, again.stderr  # up again: the same lab, reshaped
     status = json.loads(livemig("lab", "status", "--json", runtime=lab_env).stdout)
