@@ -82,15 +82,16 @@ class SyncMigration:
     def __init__(
         self,
         name: str,
-        policy: str | Policy = "postcopy-after:1",
+        policy: str | Policy | None = None,
         options: MigrationOptions | None = None,
         registry: Registry | None = None,
         to_host: str | None = None,
         portal: Portal | None = None,
     ) -> None:
-        pol = parse_policy(policy) if isinstance(policy, str) else policy
         opts = options or MigrationOptions()
-        opts = MigrationOptions(**{**opts.__dict__, "policy": pol})
+        if policy is not None:  # else the options' policy (postcopy-after:1 by default)
+            pol = parse_policy(policy) if isinstance(policy, str) else policy
+            opts = MigrationOptions(**{**opts.__dict__, "policy": pol})
         self._own_portal = portal is None
         self.portal = portal or Portal()
         self._job_ready = threading.Event()

@@ -26,7 +26,7 @@ from .test_cli import assert_one_line_error, livemig
 from .test_migration import beats_on
 
 RATE = 50_000_000  # the lab link, bytes/s
-WORKLOAD = "dirty:mib=48,pattern=seq"
+WORKLOAD = "dirty:mib=48,rate=8"  # MiB/s: pre-copy converges on the link, post-copy has pages to fetch
 
 
 def spec_text(name: str, disk: Path, ip: str, extra: str = "") -> str:
@@ -131,6 +131,14 @@ def test_a_bridged_guest_with_a_disk_migrates_and_keeps_its_address(
 
     rec = vms.registry.load("web")
     assert rec.host == "dst" and rec.spec.nics[0].mac == mac
+    if policy == "postcopy-after:1":
+        # A QEMU keeps its migration capabilities: one that received a post-copy migration
+        # still has postcopy-ram on, and a pre-copy right out of it failed (the new
+        # destination refused the post-copy advice) until livemig set it off explicitly.
+        back = SyncMigration("web", options=MigrationOptions(policy=parse_policy("precopy")),
+                             registry=vms.registry, to_host="src").migrate()  # fmt: skip
+        assert back.status == "completed", back.error
+        assert vms.registry.load("web").host == "src"
     assert echo_from_client(lab, address) >= 18  # the same IP answers, from the destination
     before = diskbeat(disk)
     time.sleep(1.0)

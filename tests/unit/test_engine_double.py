@@ -187,7 +187,15 @@ def test_precopy_policy_does_not_enable_postcopy_and_refuses_switch() -> None:
         await _precopy_start(src, dst)
         caps = next(a for c, a in src.monitor.commands if c == "migrate-set-capabilities")  # type: ignore[attr-defined]
         assert caps is not None
-        assert {c["capability"] for c in caps["capabilities"]} == {"events"}
+        # on, or explicitly off: a QEMU keeps capabilities from its previous migration
+        on = {c["capability"] for c in caps["capabilities"] if c["state"]}
+        off = {c["capability"] for c in caps["capabilities"] if not c["state"]}
+        assert on == {"events"} and "postcopy-ram" in off and "postcopy-preempt" in off
+        for ep in (src, dst):
+            sent = next(a for c, a in ep.monitor.commands if c == "migrate-set-capabilities")  # type: ignore[attr-defined]
+            assert sent == caps  # the same on both sides
+        params = next(a for c, a in src.monitor.commands if c == "migrate-set-parameters")  # type: ignore[attr-defined]
+        assert params is not None and params["tls-creds"] == "" and params["max-postcopy-bandwidth"] == 0
         with pytest.raises(StateError):
             await mig.start_postcopy()
         task.cancel()

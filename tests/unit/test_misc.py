@@ -86,3 +86,20 @@ def test_registry_refuses_names_that_are_not_vm_names(tmp_path: Path, name: str)
     with pytest.raises(VMNotFound), reg.lock(name):
         pass
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["vms"]
+
+
+def test_sync_migration_takes_the_options_policy_unless_told_otherwise() -> None:
+    from livemig.engine.migration import MigrationOptions
+    from livemig.policy import parse_policy
+    from livemig.sync import SyncMigration
+
+    for kwargs, expected in (
+        ({"options": MigrationOptions(policy=parse_policy("precopy"))}, "precopy"),
+        ({"options": MigrationOptions(policy=parse_policy("precopy")), "policy": "manual"}, "manual"),
+        ({}, "postcopy-after:1"),
+    ):
+        mig = SyncMigration("vm", **kwargs)  # type: ignore[arg-type]
+        try:
+            assert str(mig._args[1].policy) == expected
+        finally:
+            mig.portal.close()

@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 S = MigrationState
 PAGE = 4096
 WATCHED = ("MIGRATION", "MIGRATION_PASS", "STOP", "RESUME")
+MANAGED_CAPS = ("postcopy-ram", "postcopy-preempt", "postcopy-blocktime", "multifd")
+# Parameters a QEMU keeps from an earlier migration are reset to QEMU's defaults unless asked for.
+DEFAULT_PARAMS: dict[str, Any] = {
+    "max-bandwidth": 128 << 20, "downtime-limit": 300, "max-postcopy-bandwidth": 0, "tls-creds": "",
+}  # fmt: skip
 # QEMU's defaults are 50/550/5/100 ms: the first RARP 50 ms after the VM resumes. Clients of
 # the VM are cut off until the switches learn its new port, so announce sooner and often.
 DEFAULT_ANNOUNCE: dict[str, int] = {"initial": 10, "max": 250, "rounds": 6, "step": 50}
@@ -272,6 +277,12 @@ class Migration:
                 wanted["postcopy-preempt"] = True
             if self.options.blocktime and "postcopy-blocktime" in common:
                 wanted["postcopy-blocktime"] = True
+        # A QEMU keeps its capabilities from one migration to the next (a destination that
+        # took a post-copy migration still has postcopy-ram on when it migrates out), and
+        # a mismatch fails the stream: so every capability livemig manages is set, on or off.
+        for cap in MANAGED_CAPS:
+            if cap in common:
+                wanted.setdefault(cap, False)
         if self.options.multifd:
             if pc and self.src.qemu.version < MULTIFD_POSTCOPY_MIN:
                 raise UnsafeCombination(
@@ -312,7 +323,7 @@ class Migration:
             port = int(addrs[0]["port"])
         self.uri = f"tcp:{self.options.address}:{port}"
         await self.src.monitor.execute("migrate-set-capabilities", arg)
-        params: dict[str, Any] = dict(tls_params)
+        params: dict[str, Any] = {**DEFAULT_PARAMS, **tls_params}
         if self.options.max_bandwidth is not None:
             params["max-bandwidth"] = self.options.max_bandwidth
         if self.options.downtime_limit_ms is not None:
@@ -396,7 +407,8 @@ class Migration:
             self.log.info("source reports failed after migrate_cancel: taken as the cancel's end")
             await self._on_status("src", "cancelled", now)
         elif status == "failed":
-            await self._fail(f"{'source' if side == 'src' else 'destination'} QEMU reports failed")
+            who = "source" if side == "src" else "destination"
+            await self._fail(f"{who} QEMU reports failed{await self._error_desc(side)}")
         elif status == "cancelled" and side == "src" and st in (S.SETUP, S.PRECOPY):
             if self._cancel_is_failure:
                 await self._fail(self._failure or "cancelled after a failure")
@@ -404,6 +416,16 @@ class Migration:
                 await self._set_state(S.CANCELLED, "source reports cancelled")
         elif status == "postcopy-paused" and st is S.POSTCOPY:
             await self._set_state(S.POSTCOPY_PAUSED, f"{side} reports postcopy-paused")
+
+    async def _error_desc(self, side: Side) -> str:
+        """QEMU's own reason for a failed migration (query-migrate's error-desc), as ': ...'."""
+        ep = self.src if side == "src" else self.dst
+        try:
+            info = await asyncio.wait_for(ep.monitor.execute("query-migrate"), 2.0)
+        except (LivemigError, TimeoutError):
+            return ""
+        desc = info.get("error-desc") if isinstance(info, dict) else None
+        return f": {desc}" if desc else ""
 
     async def _watch_lost(self, ep: Endpoint) -> None:
         await ep.monitor.lost.wait()
