@@ -402,6 +402,13 @@ async def _evidence(src: QemuInstance, dst: QemuInstance, dst_mon: Monitor) -> d
     if dst.alive() and not dst_mon.lost.is_set():
         with contextlib.suppress(LivemigError):
             info = await dst_mon.execute("query-migrate")
+            # A dead source's socket closes with it, but the destination notices (and
+            # pauses) only when its next read fails: give it a moment before recording.
+            for _ in range(30):
+                if out["source_alive"] or info.get("status") != "postcopy-active":
+                    break
+                await asyncio.sleep(0.1)
+                info = await dst_mon.execute("query-migrate")
             out["destination_migration"] = {k: info.get(k) for k in ("status", "error-desc") if k in info}
             out["destination_vm"] = (await dst_mon.execute("query-status")).get("status")
     return out
