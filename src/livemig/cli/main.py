@@ -175,6 +175,10 @@ def vm_show(ctx: click.Context, name: str, as_spec: bool) -> None:
     """Show VM NAME's record (JSON), or its spec (TOML)."""
     r = _registry(ctx).load(name)
     if as_spec:
+        if r.adopted is not None:
+            raise UsageError(
+                f"{name} was adopted, not started from a spec: its command line is in `vm show {name}`"
+            )
         click.echo(spec_to_toml(r.spec), nl=False)
         return
     out.print_json(json.dumps({**r.to_dict(), "status": r.status}))
