@@ -22,10 +22,11 @@ from livemig.errors import LivemigError
 from livemig.guest import parse_workload
 from livemig.job import MigrationJob
 from livemig.lab import Lab, Shaping
+from livemig.lab.plan import guest_ip
 from livemig.observe.poller import StatusPoller, poll_latencies
 from livemig.policy import parse_policy
 from livemig.registry import Registry
-from livemig.spec import VMSpec
+from livemig.spec import Nic, VMSpec
 from livemig.units import parse_duration_ms, parse_rate
 from livemig.vm import start_vm, stop_vm
 
@@ -63,6 +64,8 @@ def metrics_of(report: MigrationReport, poll_ms: dict[str, float] | None = None)
         _metric("event_latency_max_ms", max(pushed) if pushed else None, "ms"),
         _metric("event_latency_median_ms", statistics.median(pushed) if pushed else None, "ms"),
         _metric("source_stopped_latency_ms", report.event_latency_ms("source-stopped"), "ms"),
+        _metric("network_max_gap_ms", (report.network or {}).get("max_gap_ms"), "ms"),
+        _metric("network_lost", (report.network or {}).get("lost"), "count"),
     ]
     if poll_ms:
         out.append(_metric("poll_latency_mean_ms", round(statistics.fmean(poll_ms.values()), 3), "ms"))
@@ -89,7 +92,9 @@ async def _migrate(
 
 def run_once(cell: Cell, repeat: int, reg: Registry, name: str = "bench") -> dict[str, Any]:
     """One run of ``cell`` on the lab that is up: start, warm up, migrate, stop."""
-    spec = VMSpec(name, memory_mib=cell.memory_mib, workload=parse_workload(cell.workload))
+    # On the lab's guest network: the report's `network` says what a client of the VM saw.
+    nic = Nic("bridge:lmbr0", ip=guest_ip(0))
+    spec = VMSpec(name, memory_mib=cell.memory_mib, workload=parse_workload(cell.workload), nics=(nic,))
     opts = MigrationOptions(policy=parse_policy(cell.policy), preempt=cell.preempt)
     t0 = time.time()
     start_vm(spec, reg, host="src")

@@ -55,6 +55,10 @@ def demo(repeats: int, out_dir: Path) -> None:
             f"guest's longest stall: postcopy-now {a:.0f} ms, postcopy-after:1 {b:.0f} ms: "
             f"one pre-copy pass first cut it {a / b:.1f}x"
         )
+    net = [(r.policy, (r.network or {}).get("max_gap_ms")) for r in reports]
+    gaps = [f"{policy} {gap:.0f} ms" for policy, gap in net if gap is not None]
+    if gaps:
+        out.print(f"longest time a client of the VM got no answer (UDP echo every 5 ms): {', '.join(gaps)}")
     for r in reports:
         if r.policy.startswith("precopy") and r.status != "completed":
             out.print(

@@ -283,7 +283,8 @@ def summary_table(reports: list[MigrationReport], title: str = "") -> Table:
     table = Table(
         title=title or None,
         caption="times in ms; blackout = source STOP to destination "
-        "RESUME; max stall = longest heartbeat gap the guest showed",
+        "RESUME; max stall = longest heartbeat gap the guest showed; "
+        "net gap = longest time a client of the VM got no echo",
     )
     for col in (
         "policy",
@@ -292,6 +293,7 @@ def summary_table(reports: list[MigrationReport], title: str = "") -> Table:
         "blackout",
         "qemu dt",
         "max stall",
+        "net gap",
         ">100ms",
         "total",
         "pc req",
@@ -302,7 +304,7 @@ def summary_table(reports: list[MigrationReport], title: str = "") -> Table:
         table.add_row(
             r.policy, r.status, str(r.switched_at_pass) if r.switched_at_pass is not None else "-",
             _fmt(r.blackout_ms), _fmt(r.downtime_ms), _fmt(g.get("max_stall_ms")),
-            str(g.get("stalls_over_100ms", "-")), _fmt(r.total_time_ms), _fmt(r.postcopy_requests),
+            _fmt((r.network or {}).get("max_gap_ms")), str(g.get("stalls_over_100ms", "-")), _fmt(r.total_time_ms), _fmt(r.postcopy_requests),
         )  # fmt: skip
     return table
 
