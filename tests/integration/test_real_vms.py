@@ -262,6 +262,8 @@ def test_a_qemu_started_by_someone_else_is_adopted_and_migrated(
         assert "pc-i440fx-" in argv[argv.index("-machine") + 1]  # the versioned machine it runs
         assert any(a.startswith("tap,id=n0,ifname=lmt") for a in argv)
         assert qemu_running(proc.pid)  # adopting changed nothing
+        shown = livemig("vm", "show", "plain", "--spec", runtime=vms.runtime)
+        assert_one_line_error(shown, 2, "adopted")  # it has no spec to print
 
         report = SyncMigration("plain", options=MigrationOptions(policy=parse_policy("postcopy-after:1")),
                                registry=vms.registry, to_host="dst").migrate()  # fmt: skip

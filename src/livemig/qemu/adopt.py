@@ -302,14 +302,7 @@ def derive_incoming(
                 )
                 continue
             out += [opt, val]
-    out += [
-        "-chardev", f"socket,id=lmqmp,path={paths.qmp},server=on,wait=off",
-        "-mon", "chardev=lmqmp,mode=control",
-        "-chardev", f"socket,id=lmqmpaux,path={paths.qmp_aux},server=on,wait=off",
-        "-mon", "chardev=lmqmpaux,mode=control",
-        "-pidfile", str(paths.pidfile),
-        "-incoming", "defer",
-    ]  # fmt: skip
+    out += [*paths.manager_args(), "-incoming", "defer"]
     return Derived(out, taps, heartbeat, disks, refusals)
 
 

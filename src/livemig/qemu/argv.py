@@ -51,6 +51,16 @@ class InstancePaths:
     def pidfile(self) -> Path:
         return self.dir / "qemu.pid"
 
+    def manager_args(self) -> list[str]:
+        """livemig's two QMP monitors and the pidfile (ids that a foreign argv will not use)."""
+        return [
+            "-chardev", f"socket,id=lmqmp,path={self.qmp},server=on,wait=off",
+            "-mon", "chardev=lmqmp,mode=control",
+            "-chardev", f"socket,id=lmqmpaux,path={self.qmp_aux},server=on,wait=off",
+            "-mon", "chardev=lmqmpaux,mode=control",
+            "-pidfile", str(self.pidfile),
+        ]  # fmt: skip
+
     @property
     def sockets(self) -> tuple[Path, ...]:
         return (self.qmp, self.qmp_aux, self.heartbeat)
@@ -91,15 +101,7 @@ def build_argv(
             "-chardev", f"socket,id=hb,path={paths.heartbeat},server=on,wait=off",
             "-serial", "chardev:hb",
         ]  # fmt: skip
-    argv += [
-        "-chardev", f"socket,id=qmp,path={paths.qmp},server=on,wait=off",
-        "-mon", "chardev=qmp,mode=control",
-        "-chardev", f"socket,id=qmpaux,path={paths.qmp_aux},server=on,wait=off",
-        "-mon", "chardev=qmpaux,mode=control",
-        "-pidfile", str(paths.pidfile),
-        "-no-reboot",
-        *spec.extra_args,
-    ]  # fmt: skip
+    argv += [*paths.manager_args(), "-no-reboot", *spec.extra_args]
     if incoming:
         argv += ["-incoming", "defer"]
     return argv
