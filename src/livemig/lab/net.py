@@ -277,6 +277,8 @@ class Lab:
         for h in self.plan.hosts:  # the hosts' local disks are the user's: only empty dirs go
             with contextlib.suppress(OSError):
                 self.local_dir(h.name).rmdir()
+        with contextlib.suppress(OSError):
+            self._local_root.rmdir()
         log.info("lab down: removed %s", removed)
         return removed
 
