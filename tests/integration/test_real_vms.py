@@ -304,3 +304,37 @@ def test_what_cannot_be_recreated_is_refused_before_anything_is_touched(
         proc.kill()
         proc.wait()
         disk.unlink()
+
+
+def test_a_firmware_booted_vm_without_livemig_inside_migrates(lab: Lab, vms: VMFactory, shared: Path) -> None:
+    # No kernel, no heartbeat: SeaBIOS finds no bootable disk and waits. livemig knows
+    # nothing of the guest and still moves it: the report has no guest figures.
+    disk = shared / "blank.raw"
+    disk.write_bytes(bytes(1 << 20))
+    spec = shared / "fw.toml"
+    spec.write_text(f'''
+name = "fw"
+memory = "128M"
+accel = "tcg"
+extra_args = ["-rtc", "base=utc,clock=vm"]
+[boot]
+firmware = "bios"
+[[disk]]
+path = "{disk}"
+[[nic]]
+network = "bridge:lmbr0"
+[serial]
+heartbeat = false
+''')
+    vms.names.append("fw")
+    start = livemig("vm", "start", "--spec", str(spec), "--host", "src", runtime=vms.runtime)
+    assert start.returncode == 0, start.stderr
+    rec = vms.registry.load("fw")
+    argv = Path(f"/proc/{rec.instance.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"-kernel" not in argv and b"base=utc,clock=vm" in argv  # extra_args, as one argv item
+    assert not rec.instance.paths.heartbeat.exists()
+    report = SyncMigration("fw", policy="postcopy-after:1", registry=vms.registry, to_host="dst").migrate()
+    assert report.status == "completed", report.error
+    assert report.guest == {"heartbeat": None} and report.network is None  # no address to probe
+    moved = vms.registry.load("fw")
+    assert moved.host == "dst" and qemu_running(moved.instance.pid) and not qemu_running(rec.instance.pid)

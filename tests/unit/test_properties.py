@@ -125,3 +125,45 @@ def test_cli_bad_arguments_are_one_line_exit_2_and_start_nothing(
     assert not list(tmp_path.glob("qemu/*")) and not (tmp_path / "lab.json").exists()
     assert not [p for p in tmp_path.rglob("*") if p.suffix in (".sock", ".ctl")]
     assert not [n for n in netns.listnetns() if n.startswith("lmh-")]
+
+
+# spec files: any TOML document (valid TOML, wrong shapes) or any text
+_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=False),
+                    text, near, st.sampled_from(["/dev/null", "/nonexistent", "52:54:00:00:00:01",
+                                                 "bridge:lmbr0", "user", "virtio-net-pci", "raw", "none"]))  # fmt: skip
+_keys = st.sampled_from(["name", "memory", "vcpus", "accel", "machine", "workload", "extra_args", "boot",
+                         "disk", "nic", "serial", "path", "format", "readonly", "cache", "model", "mac",
+                         "network", "ip", "kernel", "initrd", "cmdline", "firmware", "heartbeat", "x"])  # fmt: skip
+_values = st.recursive(
+    _scalar.filter(lambda v: v is not None),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_keys, inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@given(doc=st.dictionaries(_keys, _values, max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_spec_documents_parse_or_name_a_field(doc: dict[str, Any]) -> None:
+    import tomli_w
+
+    from livemig.errors import SpecError
+    from livemig.specfile import parse_spec
+
+    try:
+        spec = parse_spec(tomli_w.dumps(doc)).validated()
+    except SpecError as exc:
+        assert str(exc) and "\n" not in str(exc) and exc.field
+    except UsageError as exc:  # a size, rate or workload inside a field
+        assert str(exc) and "\n" not in str(exc)
+    else:
+        assert isinstance(spec, VMSpec)
+
+
+@given(raw=st.text(max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_spec_text_that_is_not_toml_is_one_line(raw: str) -> None:
+    from livemig.specfile import parse_spec
+
+    with pytest.raises(UsageError) as info:
+        parse_spec(raw).validated()
+    assert "\n" not in str(info.value)

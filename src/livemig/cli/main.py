@@ -162,7 +162,12 @@ def vm_list(ctx: click.Context, as_json: bool) -> None:
     table = Table("name", "status", "where", "accel", "memory", "workload")
     for r in recs:
         table.add_row(
-            r.name, r.status, r.where, r.instance.accel, f"{r.spec.memory_mib} MiB", str(r.spec.workload)
+            r.name,
+            r.status,
+            r.where,
+            r.instance.accel,
+            f"{r.spec.memory_mib} MiB",
+            "(adopted)" if r.adopted else str(r.spec.workload),
         )
     out.print(table)
 
