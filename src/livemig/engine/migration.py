@@ -59,6 +59,12 @@ ATTACH_STATE: dict[str, MigrationState] = {
 }  # fmt: skip
 
 
+def _free_port_hint() -> int:
+    """A port for the destination's recovery listener: a random one of the dynamic range
+    (on a clash migrate-recover fails and the next attempt draws another)."""
+    return secrets.choice(range(49152, 65535))
+
+
 @dataclass(frozen=True)
 class MigrationOptions:
     policy: Policy = DEFAULT_POLICY
@@ -163,6 +169,7 @@ class Migration:
         self._watchdog_fired = False
         self._cancel_is_failure = False
         self._cancel_sent = False  # then the destination's "failed" (its stream ended) is expected
+        self._recover_port: int | None = None  # the destination's recovery listener, once up
         self._recovery: dict[str, Any] | None = None
         self._pause_asked: set[str] = set()  # sides sent migrate-pause since the last recovery
         self._dst_resumed = False
@@ -632,18 +639,23 @@ class Migration:
                 await self._wait_status(ep.side, paused, set(), 5.0)
         if self._side_status.get("src") not in paused:
             return False
+        # Only out-of-band commands reach a paused destination for sure: its main loop may be
+        # blocked on a page fault until the pages flow again (an in-band query-migrate hung
+        # there). So livemig picks the recovery port itself rather than asking for it.
+        port = self._recover_port or _free_port_hint()
+        uri = f"tcp:{self.options.address}:{port}"
         try:
-            await self.dst.monitor.execute(
-                "migrate-recover", {"uri": f"tcp:{self.options.address}:0"}, oob=True
+            await asyncio.wait_for(
+                self.dst.monitor.execute("migrate-recover", {"uri": uri}, oob=True), self.options.recover_attempt_s
             )
+            self._recover_port = port
         except QMPCommandError as exc:
+            if self._recover_port is None:  # the port is taken: another one next attempt
+                raise MigrationFailed(f"migrate-recover on {uri}: {exc.desc}", self.state) from exc
             # a listener from an earlier attempt is still up: resume into it
-            self.log.info("migrate-recover: %s; reusing the destination's listener", exc.desc)
-        info = await self.dst.monitor.execute("query-migrate")
-        addrs = info.get("socket-address") or []
-        if not addrs:
-            raise MigrationFailed("the destination did not report its recovery port", self.state)
-        uri = f"tcp:{self.options.address}:{addrs[-1]['port']}"
+            self.log.info("migrate-recover: %s; reusing the destination's listener on %s", exc.desc, uri)
+        except TimeoutError:
+            raise MigrationFailed("migrate-recover got no answer", self.state) from None
         self.log.info("recovery: resuming over %s", uri)
         await self.src.monitor.execute("migrate", {"uri": uri, "resume": True})
         st = await self._wait_status("src", ok, paused | {"failed"}, self.options.recover_attempt_s)
