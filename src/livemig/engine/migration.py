@@ -646,7 +646,8 @@ class Migration:
         uri = f"tcp:{self.options.address}:{port}"
         try:
             await asyncio.wait_for(
-                self.dst.monitor.execute("migrate-recover", {"uri": uri}, oob=True), self.options.recover_attempt_s
+                self.dst.monitor.execute("migrate-recover", {"uri": uri}, oob=True),
+                self.options.recover_attempt_s,
             )
             self._recover_port = port
         except QMPCommandError as exc:
