@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import struct
 from pathlib import Path
@@ -24,7 +25,7 @@ from livemig.paths import ensure_private_dir
 from livemig.qemu.adopt import Derived, Refusal, derive_incoming, parse_argv, split_opts
 from livemig.qemu.argv import InstancePaths
 from livemig.qemu.binary import find_qemu
-from livemig.qemu.instance import Launch, QemuInstance, _proc_start
+from livemig.qemu.instance import Launch, QemuInstance, proc_start_ticks
 from livemig.qemu.monitor import Monitor
 from livemig.registry import Registry, VMRecord
 from livemig.spec import VMSpec, is_vm_name
@@ -135,7 +136,7 @@ def adopt_vm(
                 "qemu", f"it runs QEMU {'.'.join(map(str, running))}, livemig's destination would be "
                 f"{qemu.version_str}: the same version on both sides, please",
             ))  # fmt: skip
-        _check_storage(name, pid, derived, view, host, lab)
+        _check_storage(pid, derived, view, host, lab)
         if derived.refusals:
             raise AdoptRefused(name, derived.refusals[0].what, "; ".join(map(str, derived.refusals)))
         hb_path = _chardev_socket(view, heartbeat) if heartbeat else None
@@ -198,7 +199,7 @@ def _derive(
 
 
 def _check_storage(
-    name: str, pid: int, derived: Derived, view: dict[str, Any], host: str | None, lab: Lab | None
+    pid: int, derived: Derived, view: dict[str, Any], host: str | None, lab: Lab | None
 ) -> None:
     """Every disk QMP reports must come from the command line (nothing hot-plugged), and
     be the same file for the QEMU as for livemig (not local to its mount namespace)."""
@@ -230,8 +231,6 @@ def _record_instance(
     reg: Registry, name: str, pid: int, qmp: Path, hb: Path | None, view: dict[str, Any], netns: str | None
 ) -> QemuInstance:
     """A private directory whose sockets are links to the adopted QEMU's own."""
-    import secrets
-
     iid = secrets.token_hex(4)
     idir = ensure_private_dir(ensure_private_dir(reg.root / "qemu") / f"{name}-{iid}")
     paths = InstancePaths(idir)
@@ -240,7 +239,7 @@ def _record_instance(
     if hb is not None:
         paths.heartbeat.symlink_to(hb)
     accel = "kvm" if view["query-kvm"].get("enabled") else "tcg"
-    return QemuInstance(name, iid, idir, pid, accel, False, netns, _proc_start(pid))
+    return QemuInstance(name, iid, idir, pid, accel, False, netns, proc_start_ticks(pid))
 
 
 def adopted_launch(rec: VMRecord) -> Launch:

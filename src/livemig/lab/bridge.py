@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -62,8 +63,6 @@ def bridge_of(netns: str | None, tap: str) -> str | None:
 
 def netns_of_pid(pid: int, candidates: list[str]) -> str | None:
     """Which of the named network namespaces process ``pid`` runs in (None: the host's own)."""
-    import os
-
     try:
         mine = os.stat(f"/proc/{pid}/ns/net")
     except OSError:

@@ -21,7 +21,7 @@ from livemig.qemu.argv import InstancePaths, build_argv, tap_name
 from livemig.qemu.binary import QemuBinary
 from livemig.spec import VMSpec
 
-__all__ = ["Launch", "QemuInstance", "spec_launch"]
+__all__ = ["Launch", "QemuInstance", "proc_start_ticks", "spec_launch"]
 
 # What to run for one instance: (its paths, its id) -> (argv, [(tap, bridge)], heartbeat?)
 Launch = Callable[[InstancePaths, str], tuple[list[str], list[tuple[str, str]], bool]]
@@ -38,7 +38,7 @@ def spec_launch(spec: VMSpec, qemu: Path, accel: str, incoming: bool) -> Launch:
 log = logging.getLogger(__name__)
 
 
-def _proc_start(pid: int) -> int | None:
+def proc_start_ticks(pid: int) -> int | None:
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19])
     except (OSError, ValueError, IndexError):
@@ -118,7 +118,7 @@ class QemuInstance:
         finally:
             os.close(fd)
         inst = cls(
-            spec.name, iid, idir, pid, accel, incoming, netns, _proc_start(pid), tuple(taps), _child=True
+            spec.name, iid, idir, pid, accel, incoming, netns, proc_start_ticks(pid), tuple(taps), _child=True
         )
         deadline = time.monotonic() + timeout
         sockets = paths.sockets if heartbeat else (paths.qmp, paths.qmp_aux)
