@@ -95,7 +95,7 @@ def test_link_cut_in_postcopy_recovers_with_memory_intact(lab: Lab, vms: VMFacto
     names = [e["name"] for e in report.events]
     if outage_s > 3:  # longer than the stall timeout: paused, then recovered
         t0 = report.events[0]["delivered_ts"]
-        timeline = [(e["name"], round(e["delivered_ts"] - t0, 2)) for e in report.events]
+        timeline = " ".join(f"{e['name']}@{e['delivered_ts'] - t0:.2f}" for e in report.events)
         assert "postcopy-paused" in names and "postcopy-recovered" in names, timeline
         assert names.index("postcopy-paused") < names.index("postcopy-recovered") < names.index("completed")
         assert report.recovery and report.recovery["recovered"] >= 1, report.recovery

@@ -163,3 +163,23 @@ def test_a_source_that_fails_without_a_cancel_fails_the_migration() -> None:
         assert report.status == "failed" and report.error and "source QEMU reports failed" in report.error
 
     asyncio.run(main())
+
+
+def test_cancel_is_a_cancel_even_when_the_destination_exits_first() -> None:
+    async def main() -> None:
+        src, dst = endpoints()
+        sm, dm = src.monitor, dst.monitor
+        mig = Migration(src, dst, MigrationOptions(policy=parse_policy("manual")))
+        task = asyncio.create_task(mig.run())
+        await _precopy_start(src, dst)
+        canceller = asyncio.create_task(mig.cancel())
+        await _until(lambda: sm.sent("migrate_cancel"))  # type: ignore[attr-defined]
+        dm.lost.set()  # type: ignore[attr-defined]  # "load of migration failed": QEMU exits
+        await asyncio.sleep(0.05)
+        assert mig.state is MigrationState.PRECOPY
+        await sm.emit("MIGRATION", 11.0, status="cancelled")  # type: ignore[attr-defined]
+        await asyncio.wait_for(canceller, 3)
+        report = await asyncio.wait_for(task, 3)
+        assert report.status == "cancelled" and report.error is None
+
+    asyncio.run(main())

@@ -438,6 +438,11 @@ class Migration:
         await ep.monitor.lost.wait()
         if self._sm.terminal or (ep.side == "src" and self._src_completed):
             return
+        if ep.side == "dst" and self._cancel_sent and self.state in (S.SETUP, S.PRECOPY):
+            # A destination whose incoming stream was cancelled exits ("load of migration
+            # failed"), sometimes before the source says "cancelled": that ends the cancel.
+            self.log.info("destination QEMU exited: expected, its stream was cancelled")
+            return
         await self._fail(self._lost_reason(ep))
 
     def _lost_reason(self, ep: Endpoint) -> str:

@@ -34,6 +34,5 @@ if [ -n "$diskbeat" ] && [ -b "/dev/$diskbeat" ]; then
   echo "livemig-guest: diskbeat on /dev/$diskbeat"
 fi
 echo "livemig-guest: starting workload $w"
-/bin/lmwork "$w" &
-echo "livemig-guest: ready"
+/bin/lmwork "$w" &   # it says "livemig-guest: ready" once its memory is set up
 while true; do sleep 3600; done

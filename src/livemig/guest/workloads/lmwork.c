@@ -159,6 +159,13 @@ static void open_port(const char *path)
     }
 }
 
+/* The console line livemig waits for: the workload is set up (memory allocated, filled). */
+static void ready(void)
+{
+    static const char msg[] = "livemig-guest: ready\n";
+    if (write(1, msg, sizeof msg - 1) < 0) { /* the console is gone: nothing to tell */ }
+}
+
 static unsigned char *alloc_mib(long mib)
 {
     size_t len = (size_t)mib << 20;
@@ -185,6 +192,7 @@ static void run_dirty(struct opts *o)
     int random = !strcmp(o->pattern, "random");
     unsigned char *mem = alloc_mib(o->mib);
     say("# dirty mib=%ld rate=%ld pattern=%s\n", o->mib, o->rate, random ? "random" : "seq");
+    ready();
     for (uint64_t v = 1;; v++) {
         long p = random ? (long)(xorshift() % (uint64_t)pages) : (i++ % pages);
         *(volatile uint64_t *)(mem + (size_t)p * PAGE) = v;
@@ -203,6 +211,7 @@ static void run_stream(struct opts *o)
     /* Start with a full buffer of rendered frames, as a player does: no zero pages. */
     for (size_t b = 0; b < slots * frame; b += 64) mem[b] = (unsigned char)(b / frame + b + 1);
     say("# stream fps=%ld kib=%ld ring=%ld slots=%zu\n", o->fps, o->kib, o->ring, slots);
+    ready();
     for (size_t n = 0;; n++) {
         unsigned char *dst = mem + (n % slots) * frame;
         for (size_t b = 0; b < frame; b += 64) dst[b] = (unsigned char)(n + b);
@@ -237,6 +246,7 @@ static void run_verify(struct opts *o)
     uint32_t *gen = calloc((size_t)pages, sizeof *gen);
     for (long p = 0; p < pages; p++) fill_page((uint64_t *)(mem + (size_t)p * PAGE), seed, (uint64_t)p, 0);
     say("# verify ready pages=%ld seed=%llu\n", pages, (unsigned long long)seed);
+    ready();
     for (;;) {
         if (check_requested) {
             long bad = 0, first = -1;
@@ -277,6 +287,7 @@ static void run_faultprobe(struct opts *o)
     for (long p = 0; p < pages; p++) mem[(size_t)p * PAGE] = (unsigned char)p;
     uint64_t *lat = calloc((size_t)n, sizeof *lat);
     say("# faultprobe ready pages=%ld touches=%ld\n", pages, n);
+    ready();
     for (;;) {
         while (!go_requested) sleep_ns(1000000ULL);
         go_requested = 0;
@@ -326,5 +337,6 @@ int main(int argc, char **argv)
     else if (!strcmp(o.mode, "stream")) run_stream(&o);
     else if (!strcmp(o.mode, "verify")) run_verify(&o);
     else if (!strcmp(o.mode, "faultprobe")) run_faultprobe(&o);
+    ready();
     for (;;) sleep_ns(3600ULL * 1000000000ULL); /* idle */
 }
