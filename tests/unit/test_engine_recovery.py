@@ -5,7 +5,10 @@ then migrate-recover and a resuming migrate), in the order QEMU requires."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import pytest
 
 from livemig.engine.migration import Endpoint, Migration, MigrationOptions
 from livemig.engine.report import MigrationReport
@@ -115,36 +118,35 @@ def test_a_destination_that_dies_while_paused_fails_the_migration() -> None:
     asyncio.run(main())
 
 
-def test_cancel_is_a_cancel_even_when_the_destination_reports_failed_first() -> None:
+async def _dst_reports_failed(mig: Migration, sm: Any, dm: Any) -> None:
+    await dm.emit("MIGRATION", 11.0, status="failed")  # its stream ended
+    assert mig.state is MigrationState.PRECOPY
+    await sm.emit("MIGRATION", 11.001, status="cancelled")
+
+
+async def _src_ends_failed(mig: Migration, sm: Any, dm: Any) -> None:
+    await sm.emit("MIGRATION", 11.0, status="failed")  # QEMU 10.0.2, seen in CI
+
+
+async def _dst_exits_first(mig: Migration, sm: Any, dm: Any) -> None:
+    dm.lost.set()  # "load of migration failed": the destination QEMU exits
+    await asyncio.sleep(0.05)
+    assert mig.state is MigrationState.PRECOPY
+    await sm.emit("MIGRATION", 11.0, status="cancelled")
+
+
+@pytest.mark.parametrize("race", [_dst_reports_failed, _src_ends_failed, _dst_exits_first])
+def test_a_cancel_ends_cancelled_however_qemu_races_it(
+    race: Callable[[Migration, Any, Any], Awaitable[None]],
+) -> None:
     async def main() -> None:
         src, dst = endpoints()
-        sm, dm = src.monitor, dst.monitor
         mig = Migration(src, dst, MigrationOptions(policy=parse_policy("manual")))
         task = asyncio.create_task(mig.run())
         await _precopy_start(src, dst)
         canceller = asyncio.create_task(mig.cancel())
-        await _until(lambda: sm.sent("migrate_cancel"))  # type: ignore[attr-defined]
-        await dm.emit("MIGRATION", 11.0, status="failed")  # type: ignore[attr-defined]  # its stream ended
-        assert mig.state is MigrationState.PRECOPY
-        await sm.emit("MIGRATION", 11.001, status="cancelled")  # type: ignore[attr-defined]
-        await asyncio.wait_for(canceller, 3)
-        report = await asyncio.wait_for(task, 3)
-        assert report.status == "cancelled" and report.error is None
-
-    asyncio.run(main())
-
-
-def test_cancel_is_a_cancel_even_when_the_source_ends_failed() -> None:
-    # QEMU 10.0.2 sometimes ends a cancelled migration "failed" (seen in CI)
-    async def main() -> None:
-        src, dst = endpoints()
-        sm = src.monitor
-        mig = Migration(src, dst, MigrationOptions(policy=parse_policy("manual")))
-        task = asyncio.create_task(mig.run())
-        await _precopy_start(src, dst)
-        canceller = asyncio.create_task(mig.cancel())
-        await _until(lambda: sm.sent("migrate_cancel"))  # type: ignore[attr-defined]
-        await sm.emit("MIGRATION", 11.0, status="failed")  # type: ignore[attr-defined]
+        await _until(lambda: src.monitor.sent("migrate_cancel"))  # type: ignore[attr-defined]
+        await race(mig, src.monitor, dst.monitor)
         await asyncio.wait_for(canceller, 3)
         report = await asyncio.wait_for(task, 3)
         assert report.status == "cancelled" and report.error is None
@@ -161,25 +163,5 @@ def test_a_source_that_fails_without_a_cancel_fails_the_migration() -> None:
         await src.monitor.emit("MIGRATION", 11.0, status="failed")  # type: ignore[attr-defined]
         report = await asyncio.wait_for(task, 3)
         assert report.status == "failed" and report.error and "source QEMU reports failed" in report.error
-
-    asyncio.run(main())
-
-
-def test_cancel_is_a_cancel_even_when_the_destination_exits_first() -> None:
-    async def main() -> None:
-        src, dst = endpoints()
-        sm, dm = src.monitor, dst.monitor
-        mig = Migration(src, dst, MigrationOptions(policy=parse_policy("manual")))
-        task = asyncio.create_task(mig.run())
-        await _precopy_start(src, dst)
-        canceller = asyncio.create_task(mig.cancel())
-        await _until(lambda: sm.sent("migrate_cancel"))  # type: ignore[attr-defined]
-        dm.lost.set()  # type: ignore[attr-defined]  # "load of migration failed": QEMU exits
-        await asyncio.sleep(0.05)
-        assert mig.state is MigrationState.PRECOPY
-        await sm.emit("MIGRATION", 11.0, status="cancelled")  # type: ignore[attr-defined]
-        await asyncio.wait_for(canceller, 3)
-        report = await asyncio.wait_for(task, 3)
-        assert report.status == "cancelled" and report.error is None
 
     asyncio.run(main())
