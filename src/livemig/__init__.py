@@ -1,12 +1,12 @@
 """livemig: live migration of QEMU virtual machines, post-copy done well.
 
 Layers: QMP transport (qemu.qmp) -> :mod:`livemig.qemu` (processes, argv,
-capabilities) -> :mod:`livemig.engine` (state machine, events, migration,
+capabilities) -> :mod:`livemig.core` (state machine, events, migration,
 report) -> :mod:`livemig.policy` (pure decisions) -> :mod:`livemig.job`,
 :mod:`livemig.sync`, the CLI.
 """
 
-from livemig.engine import MigrationEvent, MigrationOptions, MigrationReport, MigrationState
+from livemig.core import MigrationEvent, MigrationOptions, MigrationReport, MigrationState
 from livemig.errors import LivemigError
 from livemig.job import MigrationJob
 from livemig.policy import Policy, parse_policy

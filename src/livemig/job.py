@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from livemig.adopt import adopted_launch, after_migration
+from livemig.backends.qemu import Endpoint, QemuBackend
 from livemig.control import ControlServer
-from livemig.engine.events import MigrationEvent
-from livemig.engine.migration import Endpoint, Migration, MigrationOptions
-from livemig.engine.report import MigrationReport
-from livemig.engine.state import MigrationState
+from livemig.core.events import MigrationEvent
+from livemig.core.migration import Migration
+from livemig.core.options import MigrationOptions
+from livemig.core.report import MigrationReport
+from livemig.core.state import MigrationState
 from livemig.errors import (
     LivemigError,
     MigrationError,
@@ -195,11 +197,12 @@ class MigrationJob:
             await asyncio.gather(src_mon.connect(), dst_mon.connect())
             for r in readers:
                 await r.start()
-            mig = Migration(
-                Endpoint("src", rec.instance, src_mon, qemu),
-                Endpoint("dst", dst_inst, dst_mon, qemu),
-                self.options,
+            backend = QemuBackend(
+                self.name,
+                Endpoint("src", src_mon, qemu.version, rec.instance.accel),
+                Endpoint("dst", dst_mon, qemu.version, dst_inst.accel),
             )
+            mig = Migration(backend, self.options)
             for cb in self._callbacks:
                 mig.on_event(cb)
             if rec.spec.workload.mode == "faultprobe" and readers:

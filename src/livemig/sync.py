@@ -16,9 +16,9 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from livemig.engine.events import MigrationEvent
-from livemig.engine.migration import MigrationOptions
-from livemig.engine.report import MigrationReport
+from livemig.core.events import MigrationEvent
+from livemig.core.options import MigrationOptions
+from livemig.core.report import MigrationReport
 from livemig.errors import NotMigrating
 from livemig.job import MigrationJob
 from livemig.policy import Policy, parse_policy

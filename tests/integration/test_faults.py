@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from livemig.engine.events import MigrationEvent
-from livemig.engine.migration import MigrationOptions
+from livemig.core.events import MigrationEvent
+from livemig.core.options import MigrationOptions
 from livemig.lab import Lab, Shaping
 from livemig.policy import parse_policy
 from livemig.qemu.instance import QemuInstance

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from livemig.engine.migration import MigrationOptions
+from livemig.core.options import MigrationOptions
 from livemig.lab import Lab, Shaping
 from livemig.policy import parse_policy
 from livemig.sync import SyncMigration

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from livemig.engine.events import MigrationEvent
-from livemig.engine.migration import MigrationOptions
+from livemig.core.events import MigrationEvent
+from livemig.core.options import MigrationOptions
 from livemig.errors import MigrationError
 from livemig.observe.heartbeat import HeartbeatReader
 from livemig.policy import parse_policy

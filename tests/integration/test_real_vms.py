@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from livemig.engine.migration import MigrationOptions
-from livemig.engine.report import MigrationReport
+from livemig.core.options import MigrationOptions
+from livemig.core.report import MigrationReport
 from livemig.guest import find_image
 from livemig.lab import Lab, Shaping
 from livemig.lab.plan import guest_ip

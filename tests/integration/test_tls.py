@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from livemig.engine.migration import MigrationOptions
+from livemig.core.options import MigrationOptions
 from livemig.lab import Lab, Shaping
 from livemig.lab.pki import issue_host, new_ca
 from livemig.policy import parse_policy

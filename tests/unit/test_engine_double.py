@@ -2,18 +2,17 @@
 (Real QEMU migrations are in tests/integration.)"""
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
 from qemu.qmp import EventListener
 
-from livemig.engine.migration import Endpoint, Migration, MigrationOptions
-from livemig.engine.state import MigrationState
+from livemig.backends.qemu import Endpoint, QemuBackend
+from livemig.core.migration import Migration
+from livemig.core.options import MigrationOptions
+from livemig.core.state import MigrationState
 from livemig.errors import StateError, UnsafeCombination, UnsupportedError
 from livemig.policy import parse_policy
-from livemig.qemu.binary import QemuBinary
-from livemig.qemu.instance import QemuInstance
 
 ALL_CAPS = ["events", "postcopy-ram", "postcopy-preempt", "postcopy-blocktime", "multifd"]
 
@@ -63,11 +62,7 @@ class FakeMonitor:
 def endpoints(
     caps: list[str] = ALL_CAPS, version: tuple[int, int, int] = (10, 0, 2)
 ) -> tuple[Endpoint, Endpoint]:
-    q = QemuBinary(Path("/usr/bin/qemu-system-x86_64"), version)
-    eps = []
-    for side in ("src", "dst"):
-        inst = QemuInstance("vm", side, Path("/nonexistent"), 1, "tcg")
-        eps.append(Endpoint(side, inst, FakeMonitor(side, caps), q))  # type: ignore[arg-type]
+    eps = [Endpoint(side, FakeMonitor(side, caps), version, "tcg") for side in ("src", "dst")]  # type: ignore[arg-type]
     return eps[0], eps[1]
 
 
@@ -97,7 +92,7 @@ async def _switch_and_complete(src: Endpoint, dst: Endpoint) -> None:
 def test_postcopy_after_one_switches_on_the_second_pass_event() -> None:
     async def main() -> None:
         src, dst = endpoints()
-        mig = Migration(src, dst, MigrationOptions(policy=parse_policy("postcopy-after:1")))
+        mig = Migration(QemuBackend("vm", src, dst), MigrationOptions(policy=parse_policy("postcopy-after:1")))
         task = asyncio.create_task(mig.run())
         await _precopy_start(src, dst)
         assert mig.state is MigrationState.PRECOPY
@@ -124,7 +119,7 @@ def test_postcopy_after_one_switches_on_the_second_pass_event() -> None:
 def test_cancel_is_refused_after_the_switch() -> None:
     async def main() -> None:
         src, dst = endpoints()
-        mig = Migration(src, dst, MigrationOptions(policy=parse_policy("postcopy-now")))
+        mig = Migration(QemuBackend("vm", src, dst), MigrationOptions(policy=parse_policy("postcopy-now")))
         task = asyncio.create_task(mig.run())
         await _precopy_start(src, dst)
         await _switch_and_complete_partial(src)
@@ -145,7 +140,7 @@ def test_cancel_is_refused_after_the_switch() -> None:
 def test_source_completed_is_not_success_until_destination_runs() -> None:
     async def main() -> None:
         src, dst = endpoints()
-        mig = Migration(src, dst, MigrationOptions(policy=parse_policy("precopy"), confirm_timeout_s=0.2))
+        mig = Migration(QemuBackend("vm", src, dst), MigrationOptions(policy=parse_policy("precopy"), confirm_timeout_s=0.2))
         task = asyncio.create_task(mig.run())
         await _precopy_start(src, dst)
         await src.monitor.emit("STOP", 11.0)  # type: ignore[attr-defined]
@@ -161,7 +156,7 @@ def test_postcopy_needs_postcopy_ram() -> None:
     async def main() -> None:
         src, dst = endpoints(caps=["events"])
         with pytest.raises(UnsupportedError) as info:
-            await Migration(src, dst, MigrationOptions(policy=parse_policy("postcopy-after:1"))).run()
+            await Migration(QemuBackend("vm", src, dst), MigrationOptions(policy=parse_policy("postcopy-after:1"))).run()
         assert info.value.capability == "postcopy-ram"
         assert not src.monitor.sent("migrate")  # type: ignore[attr-defined]
 
@@ -173,7 +168,7 @@ def test_multifd_with_postcopy_refused_before_10_1() -> None:
         src, dst = endpoints()
         opts = MigrationOptions(policy=parse_policy("postcopy-now"), multifd=True)
         with pytest.raises(UnsafeCombination):
-            await Migration(src, dst, opts).run()
+            await Migration(QemuBackend("vm", src, dst), opts).run()
         assert not dst.monitor.sent("migrate-incoming")  # type: ignore[attr-defined]
 
     asyncio.run(main())
@@ -182,7 +177,7 @@ def test_multifd_with_postcopy_refused_before_10_1() -> None:
 def test_precopy_policy_does_not_enable_postcopy_and_refuses_switch() -> None:
     async def main() -> None:
         src, dst = endpoints()
-        mig = Migration(src, dst, MigrationOptions(policy=parse_policy("precopy")))
+        mig = Migration(QemuBackend("vm", src, dst), MigrationOptions(policy=parse_policy("precopy")))
         task = asyncio.create_task(mig.run())
         await _precopy_start(src, dst)
         caps = next(a for c, a in src.monitor.commands if c == "migrate-set-capabilities")  # type: ignore[attr-defined]

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from livemig.engine.migration import Endpoint, Migration, MigrationOptions
-from livemig.engine.report import MigrationReport
-from livemig.engine.state import MigrationState
+from livemig.backends.qemu import Endpoint, QemuBackend
+from livemig.core.migration import Migration
+from livemig.core.options import MigrationOptions
+from livemig.core.report import MigrationReport
+from livemig.core.state import MigrationState
 from livemig.policy import parse_policy
 
 from .test_engine_double import FakeMonitor, _precopy_start, endpoints
@@ -43,7 +45,7 @@ async def _until(cond: Any, timeout: float = 3.0) -> None:
 
 async def _in_postcopy(src: Endpoint, dst: Endpoint) -> tuple[Migration, asyncio.Task[MigrationReport]]:
     """A postcopy-now migration, switched: both sides postcopy-active, the destination resumed."""
-    mig = Migration(src, dst, _fast("postcopy-now", recover_deadline_s=5.0))
+    mig = Migration(QemuBackend("vm", src, dst), _fast("postcopy-now", recover_deadline_s=5.0))
     task = asyncio.create_task(mig.run())
     await _precopy_start(src, dst)
     await src.monitor.emit("MIGRATION", 12.0, status="postcopy-active")  # type: ignore[attr-defined]
@@ -55,7 +57,7 @@ async def _in_postcopy(src: Endpoint, dst: Endpoint) -> tuple[Migration, asyncio
 def test_stalled_precopy_is_cancelled_and_reported_as_a_failure() -> None:
     async def main() -> None:
         src, dst = endpoints()
-        mig = Migration(src, dst, _fast("postcopy-after:3"))  # the fake's bytes never move
+        mig = Migration(QemuBackend("vm", src, dst), _fast("postcopy-after:3"))  # the fake's bytes never move
         task = asyncio.create_task(mig.run())
         await _precopy_start(src, dst)
         await _until(lambda: src.monitor.sent("migrate_cancel"))  # type: ignore[attr-defined]
@@ -141,7 +143,7 @@ def test_a_cancel_ends_cancelled_however_qemu_races_it(
 ) -> None:
     async def main() -> None:
         src, dst = endpoints()
-        mig = Migration(src, dst, MigrationOptions(policy=parse_policy("manual")))
+        mig = Migration(QemuBackend("vm", src, dst), MigrationOptions(policy=parse_policy("manual")))
         task = asyncio.create_task(mig.run())
         await _precopy_start(src, dst)
         canceller = asyncio.create_task(mig.cancel())
@@ -157,7 +159,7 @@ def test_a_cancel_ends_cancelled_however_qemu_races_it(
 def test_a_source_that_fails_without_a_cancel_fails_the_migration() -> None:
     async def main() -> None:
         src, dst = endpoints()
-        mig = Migration(src, dst, MigrationOptions(policy=parse_policy("manual")))
+        mig = Migration(QemuBackend("vm", src, dst), MigrationOptions(policy=parse_policy("manual")))
         task = asyncio.create_task(mig.run())
         await _precopy_start(src, dst)
         await src.monitor.emit("MIGRATION", 11.0, status="failed")  # type: ignore[attr-defined]

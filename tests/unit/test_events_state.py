@@ -3,8 +3,10 @@ from typing import Any
 
 import pytest
 
-from livemig.engine.events import MigrationEvent, translate
-from livemig.engine.state import TERMINAL, MigrationState, StateMachine, require
+from livemig.backends.qemu.models import parse_event
+from livemig.core.events import MigrationEvent
+from livemig.core.events import translate as translate_backend
+from livemig.core.state import TERMINAL, MigrationState, StateMachine, require
 from livemig.errors import StateError
 
 S = MigrationState
@@ -16,6 +18,12 @@ def qmp(event: str, ts: float = 100.0, **data: Any) -> dict[str, Any]:
         "data": data,
         "timestamp": {"seconds": int(ts), "microseconds": int(ts % 1 * 1e6)},
     }
+
+
+def translate(side: Any, msg: dict[str, Any], delivered_ts: float | None = None) -> MigrationEvent | None:
+    """A QMP event through the QEMU backend's parser, then the core's table."""
+    ev = parse_event(side, msg)
+    return translate_backend(ev, delivered_ts) if ev is not None else None
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ def test_qemu_version_gate() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["livemig", "livemig.engine", "livemig.qemu", "livemig.observe", "livemig.guest", "livemig.errors",
+    ["livemig", "livemig.core", "livemig.qemu", "livemig.observe", "livemig.guest", "livemig.errors",
      "livemig.policy", "livemig.sync", "livemig.spec"],
 )  # fmt: skip
 def test_all_is_curated(module: str) -> None:
@@ -89,7 +89,7 @@ def test_registry_refuses_names_that_are_not_vm_names(tmp_path: Path, name: str)
 
 
 def test_sync_migration_takes_the_options_policy_unless_told_otherwise() -> None:
-    from livemig.engine.migration import MigrationOptions
+    from livemig.core.options import MigrationOptions
     from livemig.policy import parse_policy
     from livemig.sync import SyncMigration
 

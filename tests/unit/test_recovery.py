@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from livemig.engine.migration import ATTACH_STATE
-from livemig.engine.recovery import Backoff
-from livemig.engine.state import TRANSITIONS, MigrationState, path
+from livemig.core.migration import ATTACH_STATE
+from livemig.core.recovery import Backoff
+from livemig.core.state import TRANSITIONS, MigrationState, path
 from livemig.errors import StateError
 
 S = MigrationState

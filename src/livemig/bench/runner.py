@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from livemig.bench.scenarios import Cell
-from livemig.engine.migration import MigrationOptions
-from livemig.engine.report import MigrationReport
+from livemig.core.options import MigrationOptions
+from livemig.core.report import MigrationReport
 from livemig.errors import LivemigError
 from livemig.guest import parse_workload
 from livemig.job import MigrationJob

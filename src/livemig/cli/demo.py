@@ -13,7 +13,7 @@ from rich.console import Console
 
 from livemig.bench import SCENARIOS, run_bench, write_report
 from livemig.bench.report import load_results
-from livemig.engine.report import MigrationReport
+from livemig.core.report import MigrationReport
 from livemig.guest import build_image
 
 __all__ = ["demo"]

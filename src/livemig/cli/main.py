@@ -20,9 +20,9 @@ from rich.table import Table
 
 from livemig.cli.progress import show_progress
 from livemig.control import request, stream
-from livemig.engine.events import MigrationEvent
-from livemig.engine.migration import MigrationOptions
-from livemig.engine.report import MigrationReport
+from livemig.core.events import MigrationEvent
+from livemig.core.options import MigrationOptions
+from livemig.core.report import MigrationReport
 from livemig.errors import LivemigError, MigrationFailed, UsageError
 from livemig.guest import build_image, parse_workload
 from livemig.job import MigrationJob

@@ -18,6 +18,7 @@ __all__ = [
     "QemuBinary",
     "find_qemu",
     "parse_version",
+    "require_live_precopy",
 ]
 
 # 7.2 misses dirty-bitmap fix 03bfc2188f: TCG guest writes during pre-copy can be lost.
@@ -47,13 +48,18 @@ class QemuBinary:
 
     def require_live_precopy(self, accel: str) -> None:
         """Refuse live pre-copy under TCG on a QEMU with the dirty-bitmap bug."""
-        if accel == "tcg" and self.version < LIVE_PRECOPY_TCG_MIN:
-            raise QemuTooOld(
-                self.version_str,
-                ".".join(map(str, LIVE_PRECOPY_TCG_MIN)),
-                "its dirty bitmap misses TCG writes during pre-copy and corrupts guests "
-                "(upstream fix 03bfc2188f); on Debian 12 install qemu-system-x86 from bookworm-backports",
-            )
+        require_live_precopy(self.version, accel)
+
+
+def require_live_precopy(version: tuple[int, int, int], accel: str) -> None:
+    """Refuse live pre-copy under TCG on a QEMU with the dirty-bitmap bug."""
+    if accel == "tcg" and version < LIVE_PRECOPY_TCG_MIN:
+        raise QemuTooOld(
+            ".".join(map(str, version)),
+            ".".join(map(str, LIVE_PRECOPY_TCG_MIN)),
+            "its dirty bitmap misses TCG writes during pre-copy and corrupts guests "
+            "(upstream fix 03bfc2188f); on Debian 12 install qemu-system-x86 from bookworm-backports",
+        )
 
 
 @functools.cache

@@ -1,4 +1,5 @@
-"""MigrationReport: what one migration did. Its field names are a contract."""
+"""MigrationReport: what one migration did (its field names are a contract), and the
+pure builder that assembles it from what the core recorded and the backend reported."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["MigrationReport"]
+from livemig.core.backend import MigrationInfo, Negotiated
+
+__all__ = ["MigrationReport", "Switch", "build_report"]
 
 
 @dataclass
@@ -75,3 +78,50 @@ class MigrationReport:
                 lat = ev.get("latency_ms")
                 return float(lat) if lat is not None else None
         return None
+
+
+@dataclass(frozen=True)
+class Switch:
+    """When and why post-copy was requested, and whether it took effect."""
+
+    requested_at_pass: int | None = None
+    reason: str | None = None
+    took_effect: bool = False
+
+
+def build_report(
+    base: MigrationReport,
+    switch: Switch,
+    negotiated: Negotiated | None,
+    blackout: tuple[float | None, float | None],
+    src: MigrationInfo | None,
+    dst: MigrationInfo | None,
+) -> MigrationReport:
+    """Fill ``base`` (identity, status, events, decisions, failure) with the switch, the
+    channels, the STOP->RESUME blackout (hypervisor timestamps) and the final figures."""
+    r = base
+    if negotiated is not None:
+        r.preempt = negotiated.preempt
+        r.channels = negotiated.channels
+        r.parameters = dict(negotiated.parameters)
+    if switch.took_effect:
+        r.switched_at_pass = switch.requested_at_pass
+        r.switch_reason = switch.reason
+    elif switch.reason is not None:
+        r.switch_reason = (
+            f"requested at pass {switch.requested_at_pass}, but pre-copy converged first: nothing switched"
+        )
+    stop, resume = blackout
+    if stop is not None and resume is not None:
+        r.blackout_ms = round((resume - stop) * 1000.0, 3)
+    if src is not None:
+        r.downtime_ms = src.downtime_ms
+        r.total_time_ms = src.total_time_ms
+        r.setup_time_ms = src.setup_time_ms
+        r.bytes_transferred = src.transferred
+        r.precopy_bytes = src.precopy_bytes
+        r.postcopy_bytes = src.postcopy_bytes
+        r.postcopy_requests = src.postcopy_requests
+    if dst is not None:
+        r.postcopy_blocktime_ms = dst.blocktime_ms
+    return r

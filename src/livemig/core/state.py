@@ -7,11 +7,14 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, ParamSpec, Protocol, TypeVar
+from typing import Concatenate, Final, ParamSpec, Protocol, TypeVar
 
 from livemig.errors import StateError
 
-__all__ = ["TERMINAL", "TRANSITIONS", "MigrationState", "StateMachine", "path", "require"]
+__all__ = [
+    "STATUS_TABLE", "TERMINAL", "TRANSITIONS", "MigrationState", "StateMachine", "path", "require",
+    "status_transition",
+]  # fmt: skip
 
 
 class MigrationState(enum.Enum):
@@ -94,25 +97,44 @@ class StateMachine:
         return self.state in TERMINAL
 
 
+# The states a side's pushed status moves the migration to: (side, status) -> (the states in
+# which it applies, the state it leads to). The core's other status handling (completion,
+# failure, the races of a cancel) needs more than a transition, and is in Migration.
+STATUS_TABLE: Final[dict[tuple[str, str], tuple[frozenset[MigrationState], MigrationState]]] = {
+    ("src", "active"): (frozenset({S.SETUP}), S.PRECOPY),
+    ("src", "postcopy-active"): (frozenset({S.SETUP, S.PRECOPY}), S.POSTCOPY),
+    ("src", "postcopy-paused"): (frozenset({S.POSTCOPY}), S.POSTCOPY_PAUSED),
+    ("dst", "postcopy-paused"): (frozenset({S.POSTCOPY}), S.POSTCOPY_PAUSED),
+}
+
+
+def status_transition(side: str, status: str, state: MigrationState) -> MigrationState | None:
+    """The state that ``side`` reporting ``status`` leads to from ``state``, or None."""
+    entry = STATUS_TABLE.get((side, status))
+    if entry is None or state not in entry[0]:
+        return None
+    return entry[1]
+
+
 class _HasMachine(Protocol):
     _sm: StateMachine
 
 
 P = ParamSpec("P")
 T = TypeVar("T")
-Self_ = TypeVar("Self_", bound=_HasMachine)
+SelfT = TypeVar("SelfT", bound=_HasMachine)
 
 
 def require(
     *states: MigrationState, why: str = ""
-) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+) -> Callable[[Callable[Concatenate[SelfT, P], Awaitable[T]]], Callable[Concatenate[SelfT, P], Awaitable[T]]]:
     """Guard an async method: it runs only in ``states``, else StateError
-    (with ``.state`` and ``.required``)."""
+    (with ``.state`` and ``.required``). The method keeps its signature."""
 
-    def deco(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    def deco(fn: Callable[Concatenate[SelfT, P], Awaitable[T]]) -> Callable[Concatenate[SelfT, P], Awaitable[T]]:
         @functools.wraps(fn)
-        async def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
-            sm: StateMachine = self._sm
+        async def wrapper(self: SelfT, /, *args: P.args, **kwargs: P.kwargs) -> T:
+            sm = self._sm
             if sm.state not in states:
                 raise StateError(fn.__name__.lstrip("_").replace("_", "-"), sm.state, states, why)
             return await fn(self, *args, **kwargs)

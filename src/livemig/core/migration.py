@@ -1,0 +1,637 @@
+"""One live migration, driven by a backend's pushed events (backend-neutral).
+
+Phase changes come only from pushed events (a side's status, a pass, the source
+stopping, the destination resuming). :meth:`Backend.progress` is used for progress
+figures (the policy's snapshot, the timeline, the watchdog) and the final report,
+never to detect a phase. The policy decides at each pass and on each progress tick;
+post-copy trouble is recovered by pausing both sides and reconnecting them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from livemig.core.backend import Backend, BackendEvent, EventKind, MigrationInfo, Negotiated, Side
+from livemig.core.bus import EventBus
+from livemig.core.events import MigrationEvent, translate
+from livemig.core.options import MigrationOptions
+from livemig.core.recovery import Backoff, RecoveryStats, Watchdog
+from livemig.core.report import MigrationReport, Switch, build_report
+from livemig.core.state import (
+    TERMINAL,
+    MigrationState,
+    StateMachine,
+    path,
+    require,
+    status_transition,
+)
+from livemig.errors import LivemigError, MigrationFailed, StateError, UnsafeCombination, UnsupportedError
+from livemig.policy import Action, Decision, Progress
+
+__all__ = ["ATTACH_STATE", "Migration", "Sample"]
+
+log = logging.getLogger(__name__)
+S = MigrationState
+RESUMING: Final = frozenset({"postcopy-recover-setup", "postcopy-recover"})
+PAUSED: Final = frozenset({"postcopy-paused"})
+RUNNING_AGAIN: Final = frozenset({"postcopy-active", "completed"})
+# The source's migration status when livemig reattaches -> the state to resume in.
+ATTACH_STATE: dict[str, MigrationState] = {
+    "setup": S.SETUP, "active": S.PRECOPY, "device": S.PRECOPY, "pre-switchover": S.PRECOPY,
+    "completed": S.PRECOPY, "postcopy-active": S.POSTCOPY, "postcopy-paused": S.POSTCOPY_PAUSED,
+    "postcopy-recover-setup": S.POSTCOPY_PAUSED, "postcopy-recover": S.POSTCOPY_PAUSED,
+    "failed": S.FAILED, "cancelling": S.CANCELLED, "cancelled": S.CANCELLED,
+}  # fmt: skip
+WHO: Final = {"src": "source", "dst": "destination"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One progress sample of the source, for the timeline and the progress display."""
+
+    t: float
+    info: MigrationInfo
+
+    def to_dict(self) -> dict[str, Any]:
+        i = self.info
+        return {"t": round(self.t, 4), "status": i.status, "remaining": i.remaining,
+                "transferred": i.transferred, "dirty_rate_bps": i.dirty_rate_Bps, "mbps": i.mbps}  # fmt: skip
+
+
+@dataclass
+class _Timing:
+    migrate_ts: float | None = None
+    stop_ts: float | None = None  # the source's STOP, hypervisor time
+    resume_ts: float | None = None  # the destination's RESUME, hypervisor time
+    switch: Switch = field(default_factory=Switch)
+
+
+class Migration:
+    """Migrates through ``backend`` (a source and a destination waiting for it).
+
+    Use :meth:`run` (or :meth:`attach`) from the event loop; :meth:`start_postcopy` and
+    :meth:`cancel` may be awaited concurrently (from other tasks, or from other threads
+    through :mod:`livemig.sync`). Events: :attr:`bus`.
+    """
+
+    def __init__(self, backend: Backend, options: MigrationOptions | None = None) -> None:
+        self.backend = backend
+        self.options = options or MigrationOptions()
+        self.policy = self.options.policy
+        self.name = backend.name
+        self.log = log.getChild(self.name)
+        self.bus = EventBus(self.log)
+        self.negotiated: Negotiated | None = None
+        self.recovery: RecoveryStats | None = None
+        self._sm = StateMachine()
+        self._changed = asyncio.Condition()
+        self._timing = _Timing()
+        self._passes = 0
+        self._timeline: list[Sample] = []
+        self._decisions: list[dict[str, Any]] = []
+        self._src_completed: BackendEvent | None = None  # the source's "completed", held back
+        self._side_status: dict[str, str] = {}  # each side's latest pushed status
+        self._status_seq = 0
+        self._watchdog = Watchdog(self.options.stall_timeout_s)
+        self._cancel_is_failure = False
+        self._cancel_sent = False  # then the destination's "failed" (its stream ended) is expected
+        self._pause_asked: set[str] = set()  # sides asked to pause since the last recovery
+        self._dst_resumed = False
+        self._failure: str | None = None
+        self._failure_phase: str | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._migrate_issued = asyncio.Event()
+        self._postcopy_requested = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Migration {self.name} {self._sm.state} policy={self.policy} "
+            f"passes={self._passes} uri={self.uri}>"
+        )
+
+    # -- public state ------------------------------------------------------
+    @property
+    def state(self) -> MigrationState:
+        return self._sm.state
+
+    @property
+    def uri(self) -> str | None:
+        return self.negotiated.uri if self.negotiated else None
+
+    @property
+    def caps(self) -> dict[str, bool]:
+        return dict(self.negotiated.caps) if self.negotiated else {}
+
+    @property
+    def preempt(self) -> bool:
+        return self.negotiated.preempt if self.negotiated else False
+
+    @property
+    def failure(self) -> str | None:
+        return self._failure
+
+    @property
+    def src_completed(self) -> bool:
+        return self._src_completed is not None
+
+    @property
+    def latest(self) -> dict[str, Any] | None:
+        """The latest progress figures (from the sampler), for displays."""
+        if not self._timeline:
+            return None
+        return {**self._timeline[-1].to_dict(), "passes": self._passes}
+
+    @property
+    def events_so_far(self) -> list[MigrationEvent]:
+        return list(self.bus.history)
+
+    def on_event(self, callback: Callable[[MigrationEvent], None]) -> None:
+        """Call ``callback(event)`` for every later event (in the event loop's thread)."""
+        self.bus.on(callback)
+
+    def events(self) -> AsyncIterator[MigrationEvent]:
+        """Every event from the start (history first), then live ones, until the end."""
+        return self.bus.subscribe()
+
+    async def wait_state(self, *states: MigrationState, timeout: float | None = None) -> MigrationState:
+        async with asyncio.timeout(timeout):
+            await self._wait_for(lambda: self.state in states or self._sm.terminal)
+        return self.state
+
+    # -- state -------------------------------------------------------------
+    async def _wait_for(self, cond: Callable[[], bool]) -> None:
+        async with self._changed:
+            await self._changed.wait_for(cond)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _set_state(self, new: MigrationState, why: str) -> None:
+        if self._sm.to(new, why):
+            self.log.info("state %s (%s)", new, why)
+        if new in TERMINAL:
+            self.bus.close()
+        await self._notify()
+
+    async def _fail(self, why: str) -> None:
+        if self._sm.terminal:
+            return
+        if self._failure is None:
+            self._failure, self._failure_phase = why, str(self.state)
+        self.log.warning("failure in %s: %s", self.state, why)
+        if self._sm.can(S.FAILED):
+            self.bus.publish(MigrationEvent("failed", {"reason": why, "phase": self._failure_phase}))
+            await self._set_state(S.FAILED, why)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """A task of this migration: cancelled at its end; an exception it raises is logged."""
+        task = asyncio.create_task(coro, name=f"{self.name}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.log.error("task %s failed: %r", task.get_name(), exc, exc_info=exc)
+
+    # -- events in ---------------------------------------------------------
+    async def _on_backend_event(self, ev: BackendEvent) -> None:
+        """The backend's sink: one event at a time, in order per side."""
+        try:
+            await self._handle(ev)
+        except Exception as exc:
+            self.log.exception("handling %s from %s", ev.kind.value, ev.side)
+            await self._fail(f"internal error handling {ev.kind.value} from {ev.side}: {exc!r}")
+
+    async def _handle(self, ev: BackendEvent) -> None:
+        self.log.debug("backend %s", ev)
+        if ev.kind is EventKind.STOPPED and ev.side == "src":
+            self._timing.stop_ts = ev.ts
+        elif ev.kind is EventKind.RESUMED and ev.side == "dst":
+            self._timing.resume_ts = ev.ts
+            self._dst_resumed = True
+        elif ev.kind is EventKind.PASS and ev.side == "src" and ev.n is not None:
+            self._passes = max(self._passes, ev.n)
+        elif ev.kind is EventKind.STATUS and ev.status is not None:
+            self._side_status[ev.side] = ev.status
+            self._status_seq += 1
+        published = translate(ev)
+        if published is not None and published.name != "completed" and not self.bus.closed:
+            self.bus.publish(published)
+        if ev.kind is EventKind.STATUS and ev.status is not None:
+            await self._on_status(ev)
+        elif ev.kind is EventKind.PASS and ev.side == "src":
+            self._evaluate(f"pass {ev.n}")
+        await self._notify()
+
+    async def _on_status(self, ev: BackendEvent) -> None:
+        side, status = ev.side, str(ev.status)
+        new = status_transition(side, status, self.state)
+        if new is not None:
+            await self._set_state(new, f"{WHO[side]} reports {status}")
+        elif side == "src" and status == "completed":
+            self._src_completed = ev
+        elif status == "failed" and self._cancelling:
+            self.log.info("%s reports failed: expected, its stream was cancelled", side)
+            if side == "src":  # the source's "failed" ends the cancel as "cancelled" would
+                await self._cancelled()
+        elif status == "failed":
+            await self._fail(f"{WHO[side]} {self.backend.hypervisor} reports failed{await self._error_desc(side)}")
+        elif side == "src" and status == "cancelled" and self.state in (S.SETUP, S.PRECOPY):
+            await self._cancelled()
+
+    async def _cancelled(self) -> None:
+        if self._cancel_is_failure:
+            await self._fail(self._failure or "cancelled after a failure")
+        elif self.state in (S.SETUP, S.PRECOPY):
+            await self._set_state(S.CANCELLED, "source reports cancelled")
+
+    @property
+    def _cancelling(self) -> bool:
+        """A cancel was sent, and nothing switched. QEMU 10.0 then races the cancel against
+        the stream: the destination may report "failed" or exit ("load of migration failed"),
+        and the source may end "failed" instead of "cancelled". All of these end the cancel;
+        nothing was switched, so the VM keeps running on the source."""
+        return self._cancel_sent and self.state not in (S.POSTCOPY, S.POSTCOPY_PAUSED)
+
+    async def _error_desc(self, side: Side) -> str:
+        """The hypervisor's own reason for a failed migration, as ': ...'."""
+        if self._sm.terminal or self.backend.lost(side).is_set():
+            return ""
+        # Not wait_for: a command to a hypervisor that is going away may not end when
+        # cancelled (a cancel test hung there). Leave it behind after 2 s instead.
+        query = asyncio.ensure_future(self.backend.progress(side))
+        done, _ = await asyncio.wait({query}, timeout=2.0)
+        if not done:
+            query.add_done_callback(lambda t: t.cancelled() or t.exception())
+            return ""
+        try:
+            desc = query.result().error_desc
+        except LivemigError as exc:
+            self.log.info("no error description from the %s: %s", WHO[side], exc)
+            return ""
+        return f": {desc}" if desc else ""
+
+    async def _watch_lost(self, side: Side) -> None:
+        await self.backend.lost(side).wait()
+        if self._sm.terminal or (side == "src" and self.src_completed):
+            return
+        if side == "dst" and self._cancelling:
+            self.log.info("destination exited: expected, its stream was cancelled")
+            return
+        await self._fail(self._lost_reason(side))
+
+    def _lost_reason(self, side: Side) -> str:
+        hv = self.backend.hypervisor
+        if self.state not in (S.POSTCOPY, S.POSTCOPY_PAUSED):
+            return f"the {WHO[side]} {hv} went away (connection lost) during {self.state}"
+        if side == "src":
+            return (f"the source {hv} died during {self.state}: the pages it had not sent are gone, "
+                    "so the VM cannot be recovered; the destination is left paused for inspection")  # fmt: skip
+        return (f"the destination {hv} died during {self.state}, after the switch: the VM's running "
+                "state is lost and the source holds only a stale copy")  # fmt: skip
+
+    async def _wait_status(self, side: Side, ok: frozenset[str], bad: frozenset[str], timeout: float) -> str | None:
+        """Wait for ``side``'s next pushed status in ``ok`` or ``bad`` (or one in ``ok`` now)."""
+        seq, want = self._status_seq, ok | bad
+
+        def reached() -> bool:
+            st = self._side_status.get(side)
+            return st in ok or (self._status_seq > seq and st in want) or self._sm.terminal
+
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wait_for(reached)
+        except TimeoutError:
+            self.log.info("%s: no status in %s within %gs", WHO[side], sorted(want), timeout)
+        return self._side_status.get(side)
+
+    # -- commands ----------------------------------------------------------
+    @require(S.SETUP, S.PRECOPY, S.POSTCOPY, why="post-copy can start only while pre-copy runs")
+    async def start_postcopy(self, reason: str = "requested by caller") -> None:
+        """Switch to post-copy and return once the source confirms (``postcopy-active``),
+        or once pre-copy completed first (then nothing switched: see the report)."""
+        if not self.policy.allows_postcopy:
+            raise StateError(
+                "start-postcopy", self.state, (S.SETUP, S.PRECOPY),
+                f"policy {self.policy} did not enable post-copy for this migration",
+            )  # fmt: skip
+        if self.state is not S.POSTCOPY and not self._postcopy_requested:
+            await self._migrate_issued.wait()
+            self._postcopy_requested = True
+            self._timing.switch = Switch(max(self._passes - 1, 0), reason)
+            self.bus.publish(MigrationEvent("postcopy-requested", {"reason": reason, "pass": self._passes}))
+            await self.backend.switch()
+        await self._wait_for(lambda: self.state not in (S.SETUP, S.PRECOPY) or self.src_completed)
+        if self.state in (S.FAILED, S.CANCELLED):
+            raise MigrationFailed(f"migration {self.state} before post-copy started", self.state)
+
+    @require(S.SETUP, S.PRECOPY, why="after the switch the VM runs on the destination and "
+             "cancelling would lose it; let it complete or recover")  # fmt: skip
+    async def cancel(self, reason: str = "cancelled by caller") -> None:
+        """Cancel during pre-copy; the VM keeps running on the source."""
+        self.log.info("cancel: %s", reason)
+        await self._migrate_issued.wait()
+        if (await self.backend.progress()).postcopy:
+            raise StateError("cancel", S.POSTCOPY, (S.SETUP, S.PRECOPY), "post-copy started first")
+        self._cancel_sent = True
+        await self.backend.cancel()
+        await self._wait_for(lambda: self._sm.terminal or self.state is S.POSTCOPY)
+        if self.state is S.POSTCOPY:
+            raise StateError("cancel", self.state, (S.SETUP, S.PRECOPY), "post-copy started first")
+
+    async def _abort_precopy(self, reason: str, failure: bool = True) -> None:
+        """End a pre-copy that cannot go on (as a failure, or as the policy's cancel); the
+        source keeps the whole VM."""
+        if (await self.backend.progress()).postcopy:
+            return  # switched meanwhile: never cancel after the switch
+        self.log.warning("%s: cancelling, the VM stays on the source", reason)
+        if self._failure is None:
+            self._failure, self._failure_phase = reason, str(self.state)
+        self._cancel_is_failure = failure
+        self._cancel_sent = True
+        await self.backend.cancel()
+
+    # -- the run -----------------------------------------------------------
+    @require(S.IDLE, why="a Migration runs once")
+    async def run(self) -> MigrationReport:
+        """Negotiate both sides, start the migration, and drive it to its end."""
+        return await self._drive(self._start)
+
+    @require(S.IDLE, why="a Migration runs once")
+    async def attach(self) -> MigrationReport:
+        """Take over a migration that went on without its manager (livemig was killed):
+        learn where each side is, then drive it to its end from there."""
+        return await self._drive(self._adopt)
+
+    async def _open(self) -> None:
+        await self.backend.open(self._on_backend_event)
+        for side in ("src", "dst"):
+            self._spawn(self._watch_lost(side), f"lost-{side}")
+
+    async def _start(self) -> None:
+        await self._set_state(S.SETUP, "run() called")
+        await self._open()
+        self.negotiated = await self.backend.prepare(self.options, self.policy.allows_postcopy)
+        self._timing.migrate_ts = time.time()
+        await self.backend.start()
+
+    async def _adopt(self) -> None:
+        await self._open()
+        view = await self.backend.attach()
+        self.negotiated = Negotiated("", view.caps)
+        self._side_status.update(src=view.src_status, dst=view.dst_status)
+        self._passes = view.info.dirty_sync_count
+        total = view.info.total_time_ms
+        self._timing.migrate_ts = time.time() - (total / 1000 if total else 0.0)
+        target = ATTACH_STATE.get(view.src_status)
+        if target is None:
+            raise MigrationFailed(f"cannot take over: the source's migration is {view.src_status!r}", self.state)
+        self.bus.publish(MigrationEvent("attached", {"source": view.src_status, "destination": view.dst_status}))
+        for step in path(self.state, target):
+            await self._set_state(step, f"attached: source {view.src_status}, destination {view.dst_status}")
+        if target in (S.POSTCOPY, S.POSTCOPY_PAUSED):
+            self._postcopy_requested = True
+            self._timing.switch = Switch(None, "switched before livemig reattached")
+        self._dst_resumed = view.dst_running or self._dst_resumed
+        if view.src_status == "completed":
+            self._src_completed = BackendEvent(EventKind.STATUS, "src", time.time(), None, "completed")
+
+    async def _drive(self, begin: Callable[[], Awaitable[None]]) -> MigrationReport:
+        try:
+            await begin()
+            self._migrate_issued.set()
+            if not self._sm.terminal:
+                self._spawn(self._sampler(), "sampler")
+                self._evaluate("start")
+                await self._wait_end()
+        except LivemigError as exc:
+            self._migrate_issued.set()
+            await self._fail(str(exc))
+            if isinstance(exc, (UnsupportedError, UnsafeCombination)) or self.state is S.IDLE:
+                await self._stop_tasks()
+                raise
+        try:
+            return await self._report()
+        finally:
+            await self._stop_tasks()
+
+    async def _wait_end(self) -> None:
+        while True:
+            await self._wait_for(
+                lambda: self._sm.terminal or self.src_completed or self.state is S.POSTCOPY_PAUSED
+            )
+            if self.state is S.POSTCOPY_PAUSED and not self.src_completed:
+                if self.options.recover and await self._recover():
+                    continue
+                return  # both sides stay paused; `livemig recover NAME` tries again
+            break
+        if self.src_completed and not self._sm.terminal:
+            await self._confirm_destination()
+
+    async def _confirm_destination(self) -> None:
+        """Success means the destination runs, not just that the source says completed."""
+        deadline = self.options.confirm_timeout_s
+        try:
+            async with asyncio.timeout(deadline):
+                await self._wait_for(lambda: self._dst_resumed or self._sm.terminal)
+        except TimeoutError:
+            await self._fail(f"source completed but the destination did not resume within {deadline:g}s")
+            return
+        if self._sm.terminal:
+            return
+        running, status = await self.backend.destination_running()
+        if not running:
+            await self._fail(f"source completed but the destination is {status}")
+            return
+        src = self._src_completed
+        assert src is not None
+        # Delivered now, when callers get it: the destination was confirmed running.
+        self.bus.publish(MigrationEvent(
+            "completed", {"destination": "running", "source_arrived_ts": src.arrived}, src.ts, time.time(),
+        ))  # fmt: skip
+        await self._set_state(S.COMPLETED, "destination confirmed running")
+
+    async def _stop_tasks(self) -> None:
+        me = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not me]
+        for t in tasks:
+            t.cancel()
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                self.log.error("task ended with %r", result)
+        await self.backend.close()
+
+    async def _report(self) -> MigrationReport:
+        base = MigrationReport(
+            vm=self.name, status=str(self.state), policy=str(self.policy), qemu_version=self.backend.version,
+            accel=self.backend.accel, preempt=False, passes=self._passes,
+            events=[e.to_dict() for e in self.bus.history], decisions=list(self._decisions),
+            timeline=[s.to_dict() for s in self._timeline], error=self._failure, phase=self._failure_phase,
+            recovery=self.recovery.to_dict() if self.recovery else None,
+        )  # fmt: skip
+        t = self._timing
+        took = self.state in (S.POSTCOPY, S.POSTCOPY_PAUSED) or (
+            self._postcopy_requested and any(e.name == "postcopy-started" for e in self.bus.history)
+        )
+        switch = Switch(t.switch.requested_at_pass, t.switch.reason, took)
+        src = await self._final_info("src")
+        blocktime = self.negotiated is not None and self.negotiated.caps.get("postcopy-blocktime")
+        dst = await self._final_info("dst") if blocktime else None
+        return build_report(base, switch, self.negotiated, (t.stop_ts, t.resume_ts), src, dst)
+
+    async def _final_info(self, side: Side) -> MigrationInfo | None:
+        if self.backend.lost(side).is_set():
+            return None
+        try:
+            return await self.backend.progress(side)
+        except LivemigError as exc:
+            self.log.info("no final figures from the %s: %s", WHO[side], exc)
+            return None
+
+    # -- policy ------------------------------------------------------------
+    def snapshot(self) -> Progress:
+        last = self._timeline[-1].info if self._timeline else None
+        started = self._timing.migrate_ts or time.time()
+        return Progress(
+            passes_done=max(self._passes - 1, 0),
+            elapsed_s=time.time() - started,
+            remaining_bytes=last.remaining if last else None,
+            transferred_bytes=last.transferred if last else None,
+            dirty_rate_bps=last.dirty_rate_Bps if last else None,
+            bandwidth_bps=last.mbps * 1e6 / 8 if last else None,
+        )
+
+    def _evaluate(self, trigger: str) -> None:
+        if self.state not in (S.SETUP, S.PRECOPY) or self._postcopy_requested:
+            return
+        snap = self.snapshot()
+        decision = self.policy.decide(snap)
+        if decision.action is Action.CONTINUE and trigger == "tick":
+            return  # ticks only matter when they change something (timeouts)
+        self._decisions.append(
+            {"trigger": trigger, "passes_done": snap.passes_done, "elapsed_s": round(snap.elapsed_s, 3),
+             "action": decision.action.value, "reason": decision.reason}
+        )  # fmt: skip
+        self.log.info("policy %s at %s: %s", self.policy, trigger, decision)
+        if decision.action is Action.SWITCH:
+            self._spawn(self._policy_switch(decision), "policy-switch")
+        elif decision.action is Action.ABORT:
+            self._spawn(self._abort_precopy(decision.reason, failure=False), "policy-abort")
+
+    async def _policy_switch(self, decision: Decision) -> None:
+        try:
+            await self.start_postcopy(reason=f"policy {self.policy}: {decision.reason}")
+        except StateError as exc:
+            self.log.info("policy switch not made: %s", exc)  # the migration moved on meanwhile
+        except LivemigError as exc:
+            # The switch was refused: QEMU stays in pre-copy with the whole VM on the source.
+            why = f"the switch to post-copy failed: {exc}"
+            self.log.error("%s", why)
+            self.bus.publish(MigrationEvent("postcopy-requested", {"failed": str(exc)}))
+            await self._abort_precopy(why)
+
+    async def _sampler(self) -> None:
+        """Progress figures for the policy, the timeline and the watchdog (never phases)."""
+        while not self._sm.terminal and not self.src_completed:
+            try:
+                info = await self.backend.progress()
+            except LivemigError as exc:
+                self.log.debug("progress query failed: %s", exc)
+            else:
+                started = self._timing.migrate_ts or time.time()
+                self._timeline.append(Sample(time.time() - started, info))
+                self._check_stall(info)
+                self._evaluate("tick")
+            await asyncio.sleep(self.options.tick_s)
+
+    # -- reliability ---------------------------------------------------------
+    def _check_stall(self, info: MigrationInfo) -> None:
+        stalled = self._watchdog.feed(info.transferred)
+        if stalled is None:
+            return
+        reason = f"no migration progress for {stalled:.1f}s in {self.state} (is the link down?)"
+        if self.state in (S.SETUP, S.PRECOPY):
+            self._spawn(self._abort_precopy(reason), "abort-precopy")
+        elif self.state is S.POSTCOPY:
+            self._spawn(self._pause(reason), "pause")
+
+    async def _pause(self, reason: str) -> None:
+        """Pause post-copy on both sides."""
+        self.log.warning("%s: pausing both sides to recover", reason)
+        self.recovery = self.recovery or RecoveryStats()
+        self.recovery.pauses += 1
+        self.recovery.last_reason = reason
+        for side in ("src", "dst"):
+            await self._pause_side(side)
+
+    async def _pause_side(self, side: Side) -> None:
+        """Pause ``side`` once, and only while it is postcopy-active. QEMU 10.0.2's
+        destination segfaults (in its OOB monitor thread) on migrate-pause once a failed
+        resume has left it recovering."""
+        if self._side_status.get(side) == "postcopy-active" and side not in self._pause_asked:
+            self._pause_asked.add(side)
+            try:
+                await self.backend.pause(side)
+            except LivemigError as exc:
+                self.log.info("pause of the %s: %s", WHO[side], exc)
+
+    async def _recover(self, deadline_s: float | None = None) -> bool:
+        """Retry recovery with backoff until the deadline; True once post-copy runs again."""
+        backoff = Backoff(deadline_s if deadline_s is not None else self.options.recover_deadline_s)
+        stats = self.recovery = self.recovery or RecoveryStats(pauses=1)
+        started = time.time()
+        self.bus.publish(MigrationEvent("postcopy-paused", {"side": "livemig", "recovering": True}))
+        for wait in backoff.waits():
+            if time.time() + wait - started > backoff.deadline_s or self._sm.terminal:
+                break
+            await asyncio.sleep(wait)
+            for side in ("src", "dst"):
+                if self.backend.lost(side).is_set():
+                    await self._fail(self._lost_reason(side))
+                    return False
+            stats.attempts += 1
+            try:
+                ok = await self._recover_once()
+            except LivemigError as exc:
+                self.log.info("recovery attempt %d: %s", stats.attempts, exc)
+                continue
+            if ok:
+                took = round((time.time() - started) * 1000, 1)
+                stats.recovered += 1
+                stats.last_recovery_ms = took
+                self.bus.publish(MigrationEvent("postcopy-recovered", {"attempts": stats.attempts, "paused_ms": took}))
+                await self._set_state(S.POSTCOPY, "recovered")
+                self._watchdog.reset()
+                self._pause_asked.clear()
+                return True
+        self.log.warning("recovery deadline (%gs) passed: both sides stay paused", backoff.deadline_s)
+        return False
+
+    async def _recover_once(self) -> bool:
+        attempt_s = self.options.recover_attempt_s
+        if self._side_status.get("src") in RUNNING_AGAIN:
+            return True  # an earlier attempt's connection went through after all
+        if self._side_status.get("src") in RESUMING:
+            # A resume is still connecting (a cut link: SYNs are retried for minutes). That
+            # cannot be paused, so wait for it to connect or to fail.
+            st = await self._wait_status("src", RUNNING_AGAIN, PAUSED | {"failed"}, attempt_s)
+            if st in RUNNING_AGAIN:
+                return True
+            if st not in PAUSED:
+                return False
+        for side in ("src", "dst"):
+            await self._pause_side(side)
+            if self._side_status.get(side) not in PAUSED:
+                await self._wait_status(side, PAUSED, frozenset(), 5.0)
+        if self._side_status.get("src") not in PAUSED:
+            return False
+        await self.backend.recover(attempt_s)
+        st = await self._wait_status("src", RUNNING_AGAIN, PAUSED | {"failed"}, attempt_s)
+        return st in RUNNING_AGAIN
