@@ -18,6 +18,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from livemig.aio import run_sync
 from livemig.errors import AdoptRefused, LivemigError, MigrationError, UsageError, VMExists
 from livemig.lab import Lab
 from livemig.lab.bridge import bridge_of, netns_of_pid
@@ -96,6 +97,17 @@ def adopt_vm(
     heartbeat: str | None = None,
     registry: Registry | None = None,
 ) -> VMRecord:
+    """Blocking :func:`aadopt_vm` (refused inside a running event loop)."""
+    return run_sync(aadopt_vm(name, qmp, pid, heartbeat, registry))
+
+
+async def aadopt_vm(
+    name: str,
+    qmp: Path,
+    pid: int | None = None,
+    heartbeat: str | None = None,
+    registry: Registry | None = None,
+) -> VMRecord:
     """Record the QEMU serving ``qmp`` as VM ``name``; raises :class:`AdoptRefused`
     (naming what and why) and touches nothing when it cannot be migrated safely."""
     reg = registry or Registry()
@@ -126,7 +138,7 @@ def adopt_vm(
                 raise VMExists(name, f"pid {pid} is already livemig's VM {other.name!r}")
         lab = Lab.current(reg.root)
         host, netns = _placement(name, pid, lab)
-        view = asyncio.run(asyncio.wait_for(_qmp_view(name, qmp), 30))
+        view = await asyncio.wait_for(_qmp_view(name, qmp), 30)
         derived, machine_type, taps = _derive(name, argv, view, netns, heartbeat)
         qemu = find_qemu()
         version = view["query-version"]["qemu"]

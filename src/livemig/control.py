@@ -7,19 +7,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from livemig.errors import LivemigError, NotMigrating
-
-if TYPE_CHECKING:
-    from livemig.job import MigrationJob
+from livemig.core.migration import Migration
+from livemig.errors import LivemigError, NotMigrating, UsageError, rebuild
 
 __all__ = ["ControlServer", "request", "stream"]
+
+log = logging.getLogger(__name__)
+MAX_REQUEST = 4096  # bytes of one request line
 
 OPS = ("postcopy", "cancel", "status", "events")
 
@@ -32,9 +34,12 @@ def _peer(writer: asyncio.StreamWriter) -> tuple[int, int]:
 
 
 class ControlServer:
-    def __init__(self, path: Path, job: MigrationJob) -> None:
+    """Serves the migration that ``current()`` returns (None before it exists) on ``path``."""
+
+    def __init__(self, path: Path, name: str, current: Callable[[], Migration | None]) -> None:
         self.path = path
-        self.job = job
+        self.name = name
+        self.current = current
         self._server: asyncio.Server | None = None
 
     def __repr__(self) -> str:
@@ -59,42 +64,68 @@ class ControlServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def reply(obj: dict[str, Any]) -> None:
-            writer.write(json.dumps(obj).encode() + b"\n")
+            writer.write(json.dumps(obj, default=str).encode() + b"\n")
             await writer.drain()
 
         try:
             pid, uid = _peer(writer)
             if uid != os.geteuid():
-                await reply({"ok": False, "error": "permission denied"})
+                log.warning("%s: refused a request from uid %d (pid %d)", self.name, uid, pid)
+                await reply({"ok": False, "error": "permission denied", "kind": "UsageError",
+                             "args": ["permission denied"]})  # fmt: skip
                 return
-            req = json.loads(await reader.readline() or b"{}")
-            op = req.get("op")
-            mig = self.job.migration
-            if mig is None:
-                await reply({"ok": False, "error": f"{self.job.name} is not migrating yet"})
-            elif op == "postcopy":
-                await mig.start_postcopy(reason=f"livemig postcopy (pid {pid})")
-                await reply({"ok": True, "state": str(mig.state)})
-            elif op == "cancel":
-                await mig.cancel(reason=f"livemig cancel (pid {pid})")
-                await reply({"ok": True, "state": str(mig.state)})
-            elif op == "status":
-                await reply({"ok": True, "state": str(mig.state), "passes": mig.snapshot().passes_done})
-            elif op == "events":
-                async for ev in mig.events():
-                    await reply({"ok": True, "event": ev.to_dict()})
-                await reply({"ok": True, "end": str(mig.state)})
-            else:
-                await reply({"ok": False, "error": f"unknown op {op!r} (one of {', '.join(OPS)})"})
+            await self._serve(await self._request(reader), pid, reply)
         except LivemigError as exc:
-            with contextlib.suppress(Exception):
-                await reply({"ok": False, "error": str(exc), "kind": type(exc).__name__})
-        except (ConnectionError, ValueError):
-            pass
+            log.info("%s: control request failed: %s", self.name, exc)
+            await self._send_error(reply, exc)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.info("%s: control client went away: %r", self.name, exc)
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    @staticmethod
+    async def _send_error(reply: Callable[[dict[str, Any]], Any], exc: LivemigError) -> None:
+        try:
+            await reply({"ok": False, "error": str(exc), "kind": type(exc).__name__, "args": list(exc.args)})
+        except ConnectionError as gone:
+            log.info("could not send the error reply: %r", gone)
+
+    async def _request(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            raise UsageError(f"request longer than {MAX_REQUEST} bytes") from None
+        if len(line) > MAX_REQUEST:
+            raise UsageError(f"request longer than {MAX_REQUEST} bytes")
+        try:
+            req = json.loads(line)
+        except ValueError as exc:
+            raise UsageError(f"malformed request (not JSON): {exc}") from None
+        if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+            raise UsageError('malformed request: expected {"op": NAME}')
+        return req
+
+    async def _serve(self, req: dict[str, Any], pid: int, reply: Callable[[dict[str, Any]], Any]) -> None:
+        op = req["op"]
+        mig = self.current()
+        if op not in OPS:
+            raise UsageError(f"unknown op {op!r} (one of {', '.join(OPS)})")
+        if mig is None:
+            raise NotMigrating(f"{self.name} is not migrating yet")
+        if op == "postcopy":
+            await mig.start_postcopy(reason=f"livemig postcopy (pid {pid})")
+            await reply({"ok": True, "state": str(mig.state)})
+        elif op == "cancel":
+            await mig.cancel(reason=f"livemig cancel (pid {pid})")
+            await reply({"ok": True, "state": str(mig.state)})
+        elif op == "status":
+            await reply({"ok": True, "state": str(mig.state), "passes": mig.snapshot().passes_done})
+        else:
+            async for ev in mig.events():
+                await reply({"ok": True, "event": ev.to_dict()})
+            await reply({"ok": True, "end": str(mig.state)})
 
 
 def _connect(path: Path, name: str, timeout: float | None) -> socket.socket:
@@ -116,13 +147,7 @@ def stream(path: Path, name: str, op: str, timeout: float | None = None) -> Iter
         for line in buf:
             msg = json.loads(line)
             if not msg.get("ok"):
-                kind = msg.get("kind")
-                err = str(msg.get("error"))
-                if kind == "StateError":
-                    from livemig.errors import MigrationError
-
-                    raise MigrationError(err)
-                raise LivemigError(err)
+                raise rebuild(str(msg.get("kind")), msg.get("args") or [], str(msg.get("error")))
             yield msg
 
 

@@ -18,14 +18,18 @@ structured fields besides its message, so callers can act on it::
      |    +-- VMNotFound
      |    +-- VMExists
      |    +-- QemuStartError     .log: the tail of QEMU's stderr
-     |    +-- QemuDied           .returncode
+     |    +-- QemuDied
      |    +-- QMPCommandError    .command, .error_class
      |    +-- AdoptRefused       .what: the part of a foreign QEMU that cannot be recreated
      +-- MigrationError          .state: the migration's state when it happened
           +-- StateError         .required: the states that would have allowed it
           +-- NotMigrating       no migration runs for that VM
-          +-- MigrationFailed    .phase, .report (where one exists)
+          +-- MigrationFailed    .phase
           +-- UnsafeCombination  a setting that would lose the VM on this QEMU
+
+Every constructor passes all its arguments to ``super().__init__``, so an error can be
+pickled, and rebuilt from ``(kind, args)`` on the far side of the control socket
+(:func:`rebuild`) as the same class with the same exit code.
 
 Lower layers' exceptions (qemu.qmp's, OSError) are mapped onto these at each
 layer boundary with ``raise ... from exc``.
@@ -33,7 +37,8 @@ layer boundary with ``raise ... from exc``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = [
@@ -60,13 +65,22 @@ __all__ = [
     "VMError",
     "VMExists",
     "VMNotFound",
+    "rebuild",
 ]
 
 
 class LivemigError(Exception):
-    """Base class of every livemig error. ``exit_code`` is what the CLI exits with."""
+    """Base class of every livemig error. ``exit_code`` is what the CLI exits with;
+    ``message`` is the one line a user sees (``str(exc)``)."""
 
     exit_code = 1
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.message = str(args[0]) if args else ""
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class UsageError(LivemigError):
@@ -77,14 +91,16 @@ class UsageError(LivemigError):
 
 class SpecError(UsageError):
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+        super().__init__(field, message)
         self.field = field
+        self.message = f"{field}: {message}"
 
 
 class PolicyError(UsageError):
     def __init__(self, text: str, message: str) -> None:
-        super().__init__(f"policy {text!r}: {message}")
+        super().__init__(text, message)
         self.text = text
+        self.message = f"policy {text!r}: {message}"
 
 
 class EnvironmentProblem(LivemigError):
@@ -97,15 +113,17 @@ class QemuNotFound(EnvironmentProblem):
 
 class QemuTooOld(EnvironmentProblem):
     def __init__(self, version: str, required: str, why: str) -> None:
-        super().__init__(f"QEMU {version} is too old: {why} (need >= {required})")
+        super().__init__(version, required, why)
         self.version = version
         self.required = required
+        self.message = f"QEMU {version} is too old: {why} (need >= {required})"
 
 
 class UnsupportedError(EnvironmentProblem):
     def __init__(self, capability: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(capability, message)
         self.capability = capability
+        self.message = message
 
 
 class GuestImageMissing(EnvironmentProblem):
@@ -114,20 +132,22 @@ class GuestImageMissing(EnvironmentProblem):
 
 class StorageError(EnvironmentProblem):
     def __init__(self, disk: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(disk, message)
         self.disk = disk
+        self.message = message
 
 
 class LabError(EnvironmentProblem):
     def __init__(self, message: str, host: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, host)
         self.host = host
 
 
 class VMError(LivemigError):
-    def __init__(self, vm: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, vm: str, message: str, *more: Any) -> None:
+        super().__init__(vm, message, *more)
         self.vm = vm
+        self.message = message
 
 
 class VMNotFound(VMError):
@@ -140,7 +160,7 @@ class VMExists(VMError):
 
 class QemuStartError(VMError):
     def __init__(self, vm: str, message: str, log: str = "") -> None:
-        super().__init__(vm, message)
+        super().__init__(vm, message, log)
         self.log = log
 
 
@@ -150,27 +170,27 @@ class AdoptRefused(VMError):
     exit_code = 2
 
     def __init__(self, vm: str, what: str, message: str) -> None:
-        super().__init__(vm, f"{vm}: cannot adopt: {message}")
+        super().__init__(vm, what, message)
         self.what = what
+        self.message = f"{vm}: cannot adopt: {message}"
 
 
 class QemuDied(VMError):
-    def __init__(self, vm: str, message: str, returncode: int | None = None) -> None:
-        super().__init__(vm, message)
-        self.returncode = returncode
+    pass
 
 
 class QMPCommandError(VMError):
     def __init__(self, vm: str, command: str, error_class: str, desc: str) -> None:
-        super().__init__(vm, f"{vm}: QMP {command} failed: {desc}")
+        super().__init__(vm, command, error_class, desc)
         self.command = command
         self.error_class = error_class
         self.desc = desc
+        self.message = f"{vm}: QMP {command} failed: {desc}"
 
 
 class MigrationError(LivemigError):
-    def __init__(self, message: str, state: Any = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, state: Any = None, *more: Any) -> None:
+        super().__init__(message, state, *more)
         self.state = state
 
 
@@ -179,11 +199,10 @@ class StateError(MigrationError):
 
     def __init__(self, action: str, state: Any, required: Iterable[Any], why: str = "") -> None:
         req = tuple(required)
+        super().__init__(action, state, req, why)
         names = ", ".join(str(getattr(s, "value", s)) for s in req)
         msg = f"cannot {action} in state {getattr(state, 'value', state)!s} (requires: {names})"
-        if why:
-            msg += f": {why}"
-        super().__init__(msg, state)
+        self.message = f"{msg}: {why}" if why else msg
         self.action = action
         self.required = req
 
@@ -193,11 +212,22 @@ class NotMigrating(MigrationError):
 
 
 class MigrationFailed(MigrationError):
-    def __init__(self, message: str, state: Any = None, phase: str = "", report: Any = None):
-        super().__init__(message, state)
+    def __init__(self, message: str, state: Any = None, phase: str = "") -> None:
+        super().__init__(message, state, phase)
         self.phase = phase
-        self.report = report
 
 
 class UnsafeCombination(MigrationError):
     exit_code = 2
+
+
+def rebuild(kind: str, args: Sequence[Any], message: str) -> LivemigError:
+    """The error ``kind(*args)`` as raised on the far side of the control socket (enums
+    arrive as their names); a kind this module does not know becomes a LivemigError."""
+    cls = getattr(sys.modules[__name__], kind, None)
+    if isinstance(cls, type) and issubclass(cls, LivemigError):
+        try:
+            return cls(*args)
+        except TypeError:
+            pass
+    return LivemigError(message)

@@ -211,7 +211,7 @@ class MigrationJob:
             self.migration = mig
             self._ready.set()
             if self.control:
-                server = ControlServer(reg.control_socket(self.name), self)
+                server = ControlServer(reg.control_socket(self.name), self.name, lambda: self.migration)
                 await server.start()
             if probe is not None:
                 await probe.start()

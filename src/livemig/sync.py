@@ -14,6 +14,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
 from livemig.core.events import MigrationEvent
@@ -30,44 +31,88 @@ T = TypeVar("T")
 
 
 class Portal:
-    """An event loop running in its own daemon thread."""
+    """An event loop in its own daemon thread, started on first use (as anyio's
+    BlockingPortal). :meth:`call` cancels the coroutine's task when it times out;
+    :meth:`close` cancels every task still running, then stops the loop."""
 
     def __init__(self, name: str = "livemig-portal") -> None:
-        self._loop = asyncio.new_event_loop()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self._thread.start()
-        self._started.wait()
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
 
     def __repr__(self) -> str:
-        return f"<Portal {self._thread.name} {'running' if self._loop.is_running() else 'stopped'}>"
+        if self._closed:
+            state = "closed"
+        else:
+            state = "running" if self._loop is not None and self._loop.is_running() else "not started"
+        return f"<Portal {self.name} {state}>"
 
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.call_soon(self._started.set)
-        self._loop.run_forever()
+    def _start(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("portal is closed")
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                started = threading.Event()
+
+                def main() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(started.set)
+                    loop.run_forever()
+
+                self._thread = threading.Thread(target=main, name=self.name, daemon=True)
+                self._thread.start()
+                started.wait()
+                self._loop = loop
+            return self._loop
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        if threading.current_thread() is self._thread:
+        if self._thread is not None and threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("this call blocks; it cannot be made from the portal's own event-loop thread")
-        if self._loop.is_closed():
+        try:
+            loop = self._start()
+        except RuntimeError:
             coro.close()
-            raise RuntimeError("portal is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+            raise
+        return asyncio.run_coroutine_threadsafe(coro, loop)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return self.submit(coro).result(timeout)
+        """Run ``coro`` in the portal and wait for it; on a timeout its task is cancelled
+        (and TimeoutError raised)."""
+        fut = self.submit(coro)
+        try:
+            return fut.result(timeout)
+        except FutureTimeout:
+            fut.cancel()  # run_coroutine_threadsafe: cancelling the future cancels the task
+            raise TimeoutError(f"no result within {timeout:g}s; the call was cancelled") from None
 
     def call_soon(self, fn: Callable[[], None]) -> None:
-        self._loop.call_soon_threadsafe(fn)
+        self._start().call_soon_threadsafe(fn)
 
-    def close(self) -> None:
-        if self._loop.is_closed():
+    async def _cancel_all(self) -> None:
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
             return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+        if threading.current_thread() is thread:
+            raise RuntimeError("a portal cannot be closed from its own event-loop thread")
+        asyncio.run_coroutine_threadsafe(self._cancel_all(), loop).result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+        loop.close()
 
     def __enter__(self) -> Portal:
         return self

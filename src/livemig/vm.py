@@ -6,7 +6,8 @@ import asyncio
 import logging
 from pathlib import Path
 
-from livemig.errors import QemuDied
+from livemig.aio import run_sync
+from livemig.errors import LivemigError, VMExists
 from livemig.guest import find_image
 from livemig.lab import Lab
 from livemig.qemu.accel import resolve_accel
@@ -16,7 +17,7 @@ from livemig.qemu.monitor import Monitor
 from livemig.registry import Registry, VMRecord
 from livemig.spec import VMSpec
 
-__all__ = ["fill_image", "start_vm", "stop_vm"]
+__all__ = ["astart_vm", "astop_vm", "fill_image", "start_vm", "stop_vm"]
 
 log = logging.getLogger(__name__)
 
@@ -32,34 +33,41 @@ def fill_image(spec: VMSpec) -> VMSpec:
 def start_vm(
     spec: VMSpec, registry: Registry | None = None, host: str | None = None, wait: bool = True
 ) -> VMRecord:
+    """Blocking :func:`astart_vm` (refused inside a running event loop)."""
+    return run_sync(astart_vm(spec, registry, host, wait))
+
+
+def stop_vm(name: str, registry: Registry | None = None) -> VMRecord:
+    """Blocking :func:`astop_vm` (refused inside a running event loop)."""
+    return run_sync(astop_vm(name, registry))
+
+
+async def astart_vm(
+    spec: VMSpec, registry: Registry | None = None, host: str | None = None, wait: bool = True
+) -> VMRecord:
     """Validate ``spec``, start its QEMU in the background and record it; with
     ``wait``, return once the guest has booted (a QEMU that fails is ended)."""
     reg = registry or Registry()
     spec = fill_image(spec).validated()
     qemu = find_qemu()
-    accel = resolve_accel(spec.accel, qemu, spec)
+    accel = await asyncio.to_thread(resolve_accel, spec.accel, qemu, spec)
     with reg.lock(spec.name):
         if reg.exists(spec.name):
             old = reg.load(spec.name)
             if old.instance.alive():
-                from livemig.errors import VMExists
-
-                raise VMExists(
-                    spec.name,
-                    f"a VM named {spec.name!r} is already running (pid {old.instance.pid})",
-                )
+                raise VMExists(spec.name, f"a VM named {spec.name!r} is already running (pid {old.instance.pid})")
             old.instance.remove_files()
         netns = Lab.load(reg.root).host(host).netns if host is not None else None
-        inst = QemuInstance.spawn(qemu, spec, accel, reg.root, netns=netns)
+        inst = await asyncio.to_thread(QemuInstance.spawn, qemu, spec, accel, reg.root, False, netns)
         rec = VMRecord(spec.name, spec, inst, host=host)
         reg.create(rec)
     if wait and spec.heartbeat:  # only livemig's guest image says when it is ready
         try:
-            inst.wait_guest_ready()
-        except Exception:
-            stop_vm(spec.name, reg)
+            await asyncio.to_thread(inst.wait_guest_ready)
+        except BaseException:
+            await astop_vm(spec.name, reg)
             raise
-    logging.getLogger(__name__).getChild(spec.name).info("started %r", inst)
+    log.getChild(spec.name).info("started %r", inst)
     return rec
 
 
@@ -68,13 +76,11 @@ async def _quit(path: Path, name: str) -> None:
     try:
         await mon.connect(timeout=2.0)
         await mon.execute("quit")
-    except QemuDied:
-        pass
     finally:
         await mon.close()
 
 
-def stop_vm(name: str, registry: Registry | None = None) -> VMRecord:
+async def astop_vm(name: str, registry: Registry | None = None) -> VMRecord:
     """Quit the VM's QEMU (QMP quit, then its PID) and forget it."""
     reg = registry or Registry()
     with reg.lock(name):
@@ -82,15 +88,14 @@ def stop_vm(name: str, registry: Registry | None = None) -> VMRecord:
         inst = rec.instance
         if inst.alive():
             try:
-                asyncio.run(asyncio.wait_for(_quit(inst.paths.qmp_aux, name), 5))
-            except Exception:
-                log.debug("QMP quit of %s failed; ending pid %d", name, inst.pid)
-            if not inst.wait_exit(5.0):
+                await asyncio.wait_for(_quit(inst.paths.qmp_aux, name), 5)
+            except (LivemigError, TimeoutError) as exc:
+                log.debug("QMP quit of %s failed (%s); ending pid %d", name, exc, inst.pid)
+            if not await asyncio.to_thread(inst.wait_exit, 5.0):
                 inst.kill()
         inst.remove_files()
         mig = rec.migration or {}
         if mig.get("dst"):
-            dst = QemuInstance.from_dict(mig["dst"])
-            dst.kill()
+            QemuInstance.from_dict(mig["dst"]).kill()
         reg.remove(name)
     return rec

@@ -92,7 +92,9 @@ async def _switch_and_complete(src: Endpoint, dst: Endpoint) -> None:
 def test_postcopy_after_one_switches_on_the_second_pass_event() -> None:
     async def main() -> None:
         src, dst = endpoints()
-        mig = Migration(QemuBackend("vm", src, dst), MigrationOptions(policy=parse_policy("postcopy-after:1")))
+        mig = Migration(
+            QemuBackend("vm", src, dst), MigrationOptions(policy=parse_policy("postcopy-after:1"))
+        )
         task = asyncio.create_task(mig.run())
         await _precopy_start(src, dst)
         assert mig.state is MigrationState.PRECOPY
@@ -140,7 +142,10 @@ def test_cancel_is_refused_after_the_switch() -> None:
 def test_source_completed_is_not_success_until_destination_runs() -> None:
     async def main() -> None:
         src, dst = endpoints()
-        mig = Migration(QemuBackend("vm", src, dst), MigrationOptions(policy=parse_policy("precopy"), confirm_timeout_s=0.2))
+        mig = Migration(
+            QemuBackend("vm", src, dst),
+            MigrationOptions(policy=parse_policy("precopy"), confirm_timeout_s=0.2),
+        )
         task = asyncio.create_task(mig.run())
         await _precopy_start(src, dst)
         await src.monitor.emit("STOP", 11.0)  # type: ignore[attr-defined]
@@ -156,7 +161,9 @@ def test_postcopy_needs_postcopy_ram() -> None:
     async def main() -> None:
         src, dst = endpoints(caps=["events"])
         with pytest.raises(UnsupportedError) as info:
-            await Migration(QemuBackend("vm", src, dst), MigrationOptions(policy=parse_policy("postcopy-after:1"))).run()
+            await Migration(
+                QemuBackend("vm", src, dst), MigrationOptions(policy=parse_policy("postcopy-after:1"))
+            ).run()
         assert info.value.capability == "postcopy-ram"
         assert not src.monitor.sent("migrate")  # type: ignore[attr-defined]
 

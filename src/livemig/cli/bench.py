@@ -8,15 +8,12 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from livemig.bench import SCENARIOS, cells_for, run_bench, write_report
+from livemig.cli.render import err, out
 from livemig.errors import UsageError
 
 __all__ = ["bench"]
-
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
 
 
 @click.group()

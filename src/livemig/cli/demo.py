@@ -9,16 +9,14 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from livemig.bench import SCENARIOS, run_bench, write_report
 from livemig.bench.report import load_results
+from livemig.cli.render import err, out, summary_table
 from livemig.core.report import MigrationReport
 from livemig.guest import build_image
 
 __all__ = ["demo"]
-
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @click.command()
@@ -33,8 +31,6 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 )
 def demo(repeats: int, out_dir: Path) -> None:
     """Migrate a streaming guest across the lab with each policy; compare what the guest saw."""
-    from livemig.cli.main import out, summary_table
-
     cells = SCENARIOS["stream"]
     c = cells[0]
     err.print("[bold]livemig demo[/]: building the guest image if needed ...")

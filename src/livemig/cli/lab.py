@@ -7,16 +7,15 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from livemig.cli.render import out
 from livemig.lab import Lab, Shaping
 from livemig.registry import Registry
 from livemig.units import parse_duration_ms, parse_rate, parse_size_bytes
 
 __all__ = ["lab"]
 
-out = Console(highlight=False)
 
 _shape_options = [
     click.option("--bandwidth", default="200mbit", show_default=True, help="Link rate, each direction."),

@@ -8,24 +8,26 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from livemig.cli.bench import bench
+from livemig.cli.demo import demo
+from livemig.cli.lab import lab
 from livemig.cli.progress import show_progress
+from livemig.cli.render import err, out, print_event, summary_table
 from livemig.control import request, stream
-from livemig.core.events import MigrationEvent
 from livemig.core.options import MigrationOptions
 from livemig.core.report import MigrationReport
-from livemig.errors import LivemigError, MigrationFailed, UsageError
+from livemig.errors import LivemigError, MigrationFailed, NotMigrating, UsageError
 from livemig.guest import build_image, parse_workload
 from livemig.job import MigrationJob
+from livemig.pair import PairMigration, QemuPair
 from livemig.policy import parse_policy
 from livemig.registry import Registry
 from livemig.spec import VMSpec, parse_size_mib
@@ -34,9 +36,6 @@ from livemig.units import parse_rate
 from livemig.vm import start_vm, stop_vm
 
 __all__ = ["cli"]
-
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
 
 def _registry(ctx: click.Context) -> Registry:
@@ -61,6 +60,8 @@ def cli(ctx: click.Context, runtime_dir: Path | None, verbose: int) -> None:
     """livemig: live migration of QEMU VMs, post-copy done well."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
+    if verbose == 0:  # qemu.qmp logs what livemig reports itself, in one line
+        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     if runtime_dir is not None:
         os.environ["LIVEMIG_RUNTIME_DIR"] = str(runtime_dir)
     ctx.ensure_object(dict)
@@ -277,53 +278,8 @@ def migration_options(
     )
 
 
-def _print_event(t0: float, ev: MigrationEvent) -> None:
-    lat = f"  (delivered {ev.latency_ms:.2f} ms after QEMU's timestamp)" if ev.latency_ms is not None else ""
-    data = {k: v for k, v in ev.data.items() if k not in ("side", "status")}
-    extra = f" {data}" if data else ""
-    err.print(f"  [dim]+{ev.delivered_ts - t0:7.3f}s[/] [bold]{ev.name}[/]{extra}{lat}")
-
-
-def summary_table(reports: list[MigrationReport], title: str = "") -> Table:
-    table = Table(
-        title=title or None,
-        caption="times in ms; blackout = source STOP to destination "
-        "RESUME; max stall = longest heartbeat gap the guest showed; "
-        "net gap = longest time a client of the VM got no echo",
-    )
-    for col in (
-        "policy",
-        "status",
-        "switch@pass",
-        "blackout",
-        "qemu dt",
-        "max stall",
-        "net gap",
-        ">100ms",
-        "total",
-        "pc req",
-    ):
-        table.add_column(col, justify="right" if col != "policy" else "left")
-    for r in reports:
-        g = r.guest or {}
-        table.add_row(
-            r.policy, r.status, str(r.switched_at_pass) if r.switched_at_pass is not None else "-",
-            _fmt(r.blackout_ms), _fmt(r.downtime_ms), _fmt(g.get("max_stall_ms")),
-            _fmt((r.network or {}).get("max_gap_ms")), str(g.get("stalls_over_100ms", "-")), _fmt(r.total_time_ms), _fmt(r.postcopy_requests),
-        )  # fmt: skip
-    return table
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.1f}"
-    return str(v)
-
-
 @cli.command()
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option(
     "--policy",
     default="postcopy-after:1",
@@ -355,6 +311,30 @@ def _fmt(v: Any) -> str:
 )
 @click.option("--heartbeat-log", type=click.Path(path_type=Path, dir_okay=False),
               help="Record every guest heartbeat received (TSV) for offline analysis.")  # fmt: skip
+@click.option(
+    "--src-qmp",
+    type=click.Path(path_type=Path),
+    help="Orchestrator mode: the running source QEMU's QMP socket.",
+)
+@click.option(
+    "--dst-qmp",
+    type=click.Path(path_type=Path),
+    help="Orchestrator mode: the destination QEMU's QMP socket (started with -incoming defer).",
+)
+@click.option("--uri", help="Orchestrator mode: where the destination listens, tcp:HOST:PORT.")
+@click.option(
+    "--name", "pair_name", help="Orchestrator mode: the migration's name (default: the source's -name)."
+)
+@click.option(
+    "--src-heartbeat",
+    type=click.Path(path_type=Path),
+    help="Orchestrator mode: the source's heartbeat chardev (UNIX socket), if the guest writes one.",
+)
+@click.option(
+    "--dst-heartbeat",
+    type=click.Path(path_type=Path),
+    help="Orchestrator mode: the destination's heartbeat chardev (UNIX socket).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.pass_context
@@ -376,19 +356,44 @@ def migrate(
     attach: bool,
     tls: bool,
     heartbeat_log: Path | None,
+    src_qmp: Path | None,
+    dst_qmp: Path | None,
+    uri: str | None,
+    pair_name: str | None,
+    src_heartbeat: Path | None,
+    dst_heartbeat: Path | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
     """Migrate VM NAME live (default: one pre-copy pass, then post-copy).
 
     If NAME's last migration was left behind by a livemig process that died, this
-    takes it over (as --attach does) instead of starting another."""
+    takes it over (as --attach does) instead of starting another.
+
+    Orchestrator mode, for two QEMUs that another program started and owns (the
+    destination waiting with -incoming defer): --src-qmp SOCK --dst-qmp SOCK --uri
+    tcp:HOST:PORT. livemig starts and kills no QEMU then; `livemig postcopy NAME`,
+    `events NAME` and `cancel NAME` reach the migration by its name."""
     opts = migration_options(
         policy, bandwidth, downtime_limit, postcopy_bandwidth, no_preempt, port, address, multifd,
         stall_timeout, recover_deadline, not no_recover,
     )  # fmt: skip
     opts = dataclasses.replace(opts, tls=tls)
     reg = _registry(ctx)
+    if src_qmp is not None or dst_qmp is not None or uri is not None:
+        if src_qmp is None or dst_qmp is None or uri is None:
+            raise UsageError("orchestrator mode needs all of --src-qmp, --dst-qmp and --uri")
+        if to_host or tls or heartbeat_log:
+            raise UsageError("--to, --tls and --heartbeat-log do not apply to --src-qmp/--dst-qmp")
+        if name and pair_name and name != pair_name:
+            raise UsageError(f"NAME {name!r} and --name {pair_name!r} differ; give one")
+        pair = QemuPair(src_qmp, dst_qmp, uri, name or pair_name, src_heartbeat, dst_heartbeat)
+        _conclude(pair.name or "the pair", run_pair(pair, opts, reg, quiet, attach), as_json)
+        return
+    if name is None:
+        raise UsageError("give a NAME, or --src-qmp/--dst-qmp/--uri for a pair another program started")
+    if pair_name or src_heartbeat or dst_heartbeat:
+        raise UsageError("--name, --src-heartbeat and --dst-heartbeat go with --src-qmp/--dst-qmp")
     rec = reg.load(name)  # a clear error before anything starts
     if not attach and rec.status.startswith("orphaned:"):
         err.print(f"{name}: a migration left by a livemig process that died; taking it over")
@@ -441,7 +446,7 @@ def run_migration(
 
     async def go() -> MigrationReport:
         if not quiet:
-            job.on_event(lambda ev: _print_event(t0, ev))
+            job.on_event(lambda ev: print_event(t0, ev))
         bar = asyncio.create_task(show_progress(job, err)) if not quiet and err.is_terminal else None
         try:
             return await (job.attach(opts.recover_deadline_s) if attach else job.run())
@@ -455,14 +460,48 @@ def run_migration(
     return asyncio.run(go())
 
 
+def run_pair(
+    pair: QemuPair, opts: MigrationOptions, reg: Registry, quiet: bool = False, attach: bool = False
+) -> MigrationReport:
+    """Migrate a pair of QEMUs that another program started (see :mod:`livemig.pair`)."""
+    t0 = time.time()
+    job = PairMigration(pair, opts, reg)
+
+    async def go() -> MigrationReport:
+        if not quiet:
+            job.on_event(lambda ev: print_event(t0, ev))
+        bar = asyncio.create_task(show_progress(job, err)) if not quiet and err.is_terminal else None
+        try:
+            return await job.run(attach=attach)
+        finally:
+            if bar is not None:
+                bar.cancel()
+                await asyncio.gather(bar, return_exceptions=True)
+
+    if not quiet:
+        err.print(
+            f"{'taking over' if attach else 'migrating'} {pair.src_qmp} -> {pair.dst_qmp} over {pair.uri} ..."
+        )
+    return asyncio.run(go())
+
+
+def _control_path(reg: Registry, name: str) -> Path:
+    """The control socket of NAME's migration: a VM livemig manages, or a pair migrating
+    in orchestrator mode (which has no record, only its socket)."""
+    path = reg.control_socket(name)
+    if not path.exists() and not reg.exists(name):
+        raise NotMigrating(f"no VM named {name!r}, and no migration of that name is running")
+    if reg.exists(name):
+        reg.load(name)  # refuses another user's VM
+    return path
+
+
 @cli.command()
 @click.argument("name")
 @click.pass_context
 def postcopy(ctx: click.Context, name: str) -> None:
     """Switch NAME's running migration to post-copy; returns once QEMU confirms."""
-    reg = _registry(ctx)
-    reg.load(name)
-    reply = request(reg.control_socket(name), name, "postcopy")
+    reply = request(_control_path(_registry(ctx), name), name, "postcopy")
     out.print(f"{name}: {reply.get('state')}")
 
 
@@ -471,9 +510,7 @@ def postcopy(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def cancel(ctx: click.Context, name: str) -> None:
     """Cancel NAME's migration during pre-copy (the VM stays on the source)."""
-    reg = _registry(ctx)
-    reg.load(name)
-    reply = request(reg.control_socket(name), name, "cancel")
+    reply = request(_control_path(_registry(ctx), name), name, "cancel")
     out.print(f"{name}: {reply.get('state')}")
 
 
@@ -493,8 +530,9 @@ def events(ctx: click.Context, name: str | None, wait: bool) -> None:
     if name is None:
         _follow_all(reg)
         return
-    reg.load(name)
-    path = reg.control_socket(name)
+    path = _control_path(reg, name)
+    if wait and not path.exists():
+        err.print(f"waiting for a migration of {name} to start ...")
     while wait and not path.exists():
         time.sleep(0.1)  # waiting for a migration to begin; events themselves are pushed
     for msg in stream(path, name, "events"):
@@ -526,11 +564,6 @@ def _follow_all(reg: Registry, scan_s: float = 0.2) -> None:
                     threading.Thread(target=follow, args=(vm, path), daemon=True).start()
         time.sleep(scan_s)
 
-
-# -- demo ---------------------------------------------------------------------
-from livemig.cli.bench import bench  # noqa: E402
-from livemig.cli.demo import demo  # noqa: E402
-from livemig.cli.lab import lab  # noqa: E402
 
 cli.add_command(demo)
 cli.add_command(lab)

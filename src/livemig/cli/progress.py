@@ -6,20 +6,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from livemig.job import MigrationJob
+from livemig.core.migration import Migration
 
-__all__ = ["show_progress"]
+__all__ = ["Watched", "show_progress"]
+
+
+class Watched(Protocol):
+    """What the display needs: a name, and the migration once it exists."""
+
+    name: str
+    migration: Migration | None
 
 
 def _mib(n: float) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 
-async def show_progress(job: MigrationJob, console: Console, period_s: float = 0.25) -> None:
+async def show_progress(job: Watched, console: Console, period_s: float = 0.25) -> None:
     """Draw until cancelled. Runs as a task beside ``job.run()``."""
     columns = (
         TextColumn("[bold]{task.fields[phase]:<9}[/] pass {task.fields[pass_]:>2}"),

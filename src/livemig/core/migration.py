@@ -30,7 +30,14 @@ from livemig.core.state import (
     require,
     status_transition,
 )
-from livemig.errors import LivemigError, MigrationFailed, StateError, UnsafeCombination, UnsupportedError
+from livemig.errors import (
+    LivemigError,
+    MigrationFailed,
+    StateError,
+    UnsafeCombination,
+    UnsupportedError,
+    UsageError,
+)
 from livemig.policy import Action, Decision, Progress
 
 __all__ = ["ATTACH_STATE", "Migration", "Sample"]
@@ -179,12 +186,12 @@ class Migration:
             self.bus.close()
         await self._notify()
 
-    async def _fail(self, why: str) -> None:
+    async def _fail(self, why: str, level: int = logging.WARNING) -> None:
         if self._sm.terminal:
             return
         if self._failure is None:
             self._failure, self._failure_phase = why, str(self.state)
-        self.log.warning("failure in %s: %s", self.state, why)
+        self.log.log(level, "failure in %s: %s", self.state, why)
         if self._sm.can(S.FAILED):
             self.bus.publish(MigrationEvent("failed", {"reason": why, "phase": self._failure_phase}))
             await self._set_state(S.FAILED, why)
@@ -242,7 +249,9 @@ class Migration:
             if side == "src":  # the source's "failed" ends the cancel as "cancelled" would
                 await self._cancelled()
         elif status == "failed":
-            await self._fail(f"{WHO[side]} {self.backend.hypervisor} reports failed{await self._error_desc(side)}")
+            await self._fail(
+                f"{WHO[side]} {self.backend.hypervisor} reports failed{await self._error_desc(side)}"
+            )
         elif side == "src" and status == "cancelled" and self.state in (S.SETUP, S.PRECOPY):
             await self._cancelled()
 
@@ -297,7 +306,9 @@ class Migration:
         return (f"the destination {hv} died during {self.state}, after the switch: the VM's running "
                 "state is lost and the source holds only a stale copy")  # fmt: skip
 
-    async def _wait_status(self, side: Side, ok: frozenset[str], bad: frozenset[str], timeout: float) -> str | None:
+    async def _wait_status(
+        self, side: Side, ok: frozenset[str], bad: frozenset[str], timeout: float
+    ) -> str | None:
         """Wait for ``side``'s next pushed status in ``ok`` or ``bad`` (or one in ``ok`` now)."""
         seq, want = self._status_seq, ok | bad
 
@@ -392,8 +403,12 @@ class Migration:
         self._timing.migrate_ts = time.time() - (total / 1000 if total else 0.0)
         target = ATTACH_STATE.get(view.src_status)
         if target is None:
-            raise MigrationFailed(f"cannot take over: the source's migration is {view.src_status!r}", self.state)
-        self.bus.publish(MigrationEvent("attached", {"source": view.src_status, "destination": view.dst_status}))
+            raise MigrationFailed(
+                f"cannot take over: the source's migration is {view.src_status!r}", self.state
+            )
+        self.bus.publish(
+            MigrationEvent("attached", {"source": view.src_status, "destination": view.dst_status})
+        )
         for step in path(self.state, target):
             await self._set_state(step, f"attached: source {view.src_status}, destination {view.dst_status}")
         if target in (S.POSTCOPY, S.POSTCOPY_PAUSED):
@@ -413,8 +428,8 @@ class Migration:
                 await self._wait_end()
         except LivemigError as exc:
             self._migrate_issued.set()
-            await self._fail(str(exc))
-            if isinstance(exc, (UnsupportedError, UnsafeCombination)) or self.state is S.IDLE:
+            await self._fail(str(exc), logging.INFO)  # the caller gets it, in the report or raised
+            if isinstance(exc, (UnsupportedError, UnsafeCombination, UsageError)):
                 await self._stop_tasks()
                 raise
         try:
@@ -606,7 +621,9 @@ class Migration:
                 took = round((time.time() - started) * 1000, 1)
                 stats.recovered += 1
                 stats.last_recovery_ms = took
-                self.bus.publish(MigrationEvent("postcopy-recovered", {"attempts": stats.attempts, "paused_ms": took}))
+                self.bus.publish(
+                    MigrationEvent("postcopy-recovered", {"attempts": stats.attempts, "paused_ms": took})
+                )
                 await self._set_state(S.POSTCOPY, "recovered")
                 self._watchdog.reset()
                 self._pause_asked.clear()

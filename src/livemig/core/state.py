@@ -131,7 +131,9 @@ def require(
     """Guard an async method: it runs only in ``states``, else StateError
     (with ``.state`` and ``.required``). The method keeps its signature."""
 
-    def deco(fn: Callable[Concatenate[SelfT, P], Awaitable[T]]) -> Callable[Concatenate[SelfT, P], Awaitable[T]]:
+    def deco(
+        fn: Callable[Concatenate[SelfT, P], Awaitable[T]],
+    ) -> Callable[Concatenate[SelfT, P], Awaitable[T]]:
         @functools.wraps(fn)
         async def wrapper(self: SelfT, /, *args: P.args, **kwargs: P.kwargs) -> T:
             sm = self._sm

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from qemu.qmp import EventListener, ExecInterruptedError, ExecuteError, QMPClient, QMPError
-from qemu.qmp.protocol import Runstate
+from qemu.qmp.protocol import ConnectError, Runstate
+from qemu.qmp.qmp_client import GreetingError, NegotiationError
 
 from livemig.errors import QemuDied, QMPCommandError
 
@@ -42,16 +43,23 @@ class Monitor:
         return bool(g and "oob" in g.QMP.capabilities)
 
     async def connect(self, timeout: float = 10.0) -> None:
+        """Connect, retrying while the socket is not there yet; a peer that does not speak
+        QMP (no greeting, or a wrong one) is not retried."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                await self._client.connect(str(self.path))
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
+                    await self._client.connect(str(self.path))
                 break
-            except QMPError as exc:
-                if time.monotonic() > deadline:
+            except (QMPError, TimeoutError) as exc:
+                cause = exc.exc if isinstance(exc, ConnectError) else exc
+                not_qmp = isinstance(cause, (GreetingError, NegotiationError, TimeoutError))
+                if not_qmp or time.monotonic() > deadline:
+                    with contextlib.suppress(QMPError, OSError):
+                        await self._client.disconnect()
+                    what = "no QMP greeting" if not_qmp else str(exc)
                     raise QemuDied(
-                        self.vm,
-                        f"{self.vm} ({self.side}): cannot connect to QMP at {self.path}: {exc}",
+                        self.vm, f"{self.vm} ({self.side}): cannot connect to QMP at {self.path}: {what}"
                     ) from exc
                 await asyncio.sleep(0.05)
         self._watch = asyncio.create_task(self._watch_runstate(), name=f"qmp-watch-{self.vm}-{self.side}")

@@ -79,7 +79,9 @@ class QemuBackend:
         for ep in (self.src, self.dst):
             lst = ep.monitor.listener(WATCHED)
             self._listeners.append((ep.monitor, lst))
-            self._pumps.append(asyncio.create_task(self._pump(ep, lst, sink), name=f"pump-{self.name}-{ep.side}"))
+            self._pumps.append(
+                asyncio.create_task(self._pump(ep, lst, sink), name=f"pump-{self.name}-{ep.side}")
+            )
 
     async def _pump(self, ep: Endpoint, lst: EventListener, sink: EventSink) -> None:
         async for msg in lst:
@@ -128,7 +130,9 @@ class QemuBackend:
         port = self._recover_port or _free_port_hint()
         uri = f"{self.uri.rsplit(':', 1)[0]}:{port}"
         try:
-            await asyncio.wait_for(self.dst.monitor.execute("migrate-recover", {"uri": uri}, oob=True), timeout)
+            await asyncio.wait_for(
+                self.dst.monitor.execute("migrate-recover", {"uri": uri}, oob=True), timeout
+            )
             self._recover_port = port
         except QMPCommandError as exc:
             if self._recover_port is None:  # the port is taken: another one next attempt
