@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -28,7 +29,7 @@ from livemig.qemu.argv import InstancePaths
 from livemig.qemu.binary import find_qemu
 from livemig.qemu.instance import Launch, QemuInstance, proc_start_ticks
 from livemig.qemu.monitor import Monitor
-from livemig.registry import Registry, VMRecord
+from livemig.registry import AdoptedRecord, Registry, VMRecord
 from livemig.spec import VMSpec, is_vm_name
 from livemig.storage import check_disks
 
@@ -158,11 +159,15 @@ async def aadopt_vm(
         vcpus = int(smp[0] or smp[1].get("cpus", "1"))
         spec = VMSpec(name, memory_mib=memory, vcpus=vcpus, accel=inst.accel, heartbeat=hb_path is not None)
         rec = VMRecord(name, spec, inst, host=host)
-        rec.adopted = {
-            "argv": argv, "taps": taps, "heartbeat_chardev": heartbeat, "machine_type": machine_type,
-            "disks": derived.disks, "qmp": str(qmp),
-            "capabilities": {c["capability"]: c["state"] for c in view["query-migrate-capabilities"]},
-        }  # fmt: skip
+        rec.adopted = AdoptedRecord(
+            argv,
+            taps,
+            str(qmp),
+            heartbeat,
+            machine_type,
+            list(derived.disks),
+            {c["capability"]: c["state"] for c in view["query-migrate-capabilities"]},
+        )
         reg.save(rec)
     log.getChild(name).info("adopted %r from %s", inst, qmp)
     return rec
@@ -262,9 +267,8 @@ def adopted_launch(rec: VMRecord) -> Launch:
 
     def launch(paths: InstancePaths, iid: str) -> tuple[list[str], list[tuple[str, str]], bool]:
         d = derive_incoming(
-            adopted["argv"], paths, iid, adopted["taps"], adopted.get("machine_type"),
-            adopted.get("heartbeat_chardev"), qemu,
-        )  # fmt: skip
+            adopted.argv, paths, iid, adopted.taps, adopted.machine_type, adopted.heartbeat_chardev, qemu
+        )
         if d.refusals:
             reasons = "; ".join(map(str, d.refusals))
             raise MigrationError(f"{rec.name}: cannot derive the destination's command line: {reasons}")
@@ -283,4 +287,4 @@ def after_migration(rec: VMRecord, dst: QemuInstance) -> None:
         return
     if argv[-2:] == ["-incoming", "defer"]:
         argv = argv[:-2]
-    rec.adopted = {**rec.adopted, "argv": argv, "taps": dict(dst.taps)}
+    rec.adopted = dataclasses.replace(rec.adopted, argv=argv, taps=dict(dst.taps))

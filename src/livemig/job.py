@@ -38,7 +38,7 @@ from livemig.policy import parse_policy
 from livemig.qemu.binary import find_qemu
 from livemig.qemu.instance import QemuInstance
 from livemig.qemu.monitor import Monitor
-from livemig.registry import Registry, VMRecord, pid_alive
+from livemig.registry import MigrationRecord, Registry, VMRecord, pid_alive
 from livemig.storage import DiskRef, check_disks, spec_disks
 
 __all__ = ["MigrationJob"]
@@ -116,12 +116,12 @@ class MigrationJob:
         rec = reg.load(self.name)
         if not rec.instance.alive():
             raise QemuDied(self.name, f"{self.name}: its QEMU (pid {rec.instance.pid}) is not running")
-        if rec.migration and rec.migration.get("state") not in ("completed", "failed", "cancelled"):
-            owner = int(rec.migration.get("owner_pid", 0))
+        if rec.migration is not None and rec.migration.unfinished:
+            owner = rec.migration.owner_pid
             if owner and pid_alive(owner):
                 raise MigrationError(f"{self.name} is already migrating (livemig pid {owner})")
             raise MigrationError(
-                f"{self.name} has an unfinished migration ({rec.migration.get('state')}); "
+                f"{self.name} has an unfinished migration ({rec.migration.state}); "
                 f"`livemig migrate --attach {self.name}` or `livemig recover {self.name}` takes it over"
             )
         dst_netns, link = self._placement(rec)
@@ -131,11 +131,10 @@ class MigrationJob:
         dst_inst = await asyncio.to_thread(
             QemuInstance.spawn, qemu, rec.spec, rec.instance.accel, reg.root, True, dst_netns, 10.0, launch
         )
-        rec.migration = {
-            "state": "setup", "owner_pid": os.getpid(), "dst": dst_inst.to_dict(),
-            "policy": str(self.options.policy), "started": time.time(), "to_host": self.to_host,
-            "address": self.options.address, "preempt": self.options.preempt, "link": link,
-        }  # fmt: skip
+        rec.migration = MigrationRecord(
+            "setup", os.getpid(), dst_inst, policy=str(self.options.policy), started=time.time(),
+            to_host=self.to_host, address=self.options.address, preempt=self.options.preempt, link=link,
+        )  # fmt: skip
         reg.save(rec)
         return await self._drive(rec, dst_inst, link, attach=False)
 
@@ -145,37 +144,37 @@ class MigrationJob:
         reg = self.registry
         rec = reg.load(self.name)
         mig = rec.migration
-        if not mig or mig.get("state") in ("completed", "failed", "cancelled") or "dst" not in mig:
+        if mig is None or not mig.unfinished or mig.dst is None:
             raise NotMigrating(f"{self.name} has no unfinished migration to take over")
-        owner = int(mig.get("owner_pid", 0))
+        owner = mig.owner_pid
         if owner and owner != os.getpid() and pid_alive(owner):
             raise MigrationError(f"{self.name}'s migration is driven by livemig pid {owner}, which is alive")
-        dst_inst = QemuInstance.from_dict(mig["dst"])
+        dst_inst = mig.dst
         if not dst_inst.alive():
-            if rec.instance.alive() and mig.get("state") in ("setup", "precopy"):
+            if rec.instance.alive() and mig.state in ("setup", "precopy"):
                 rec.migration = None
                 reg.save(rec)
                 raise MigrationFailed(
                     f"{self.name}: the destination QEMU is gone; the VM runs on the source "
-                    f"(pid {rec.instance.pid}), nothing to take over", phase=str(mig.get("state"))
+                    f"(pid {rec.instance.pid}), nothing to take over", phase=mig.state
                 )  # fmt: skip
             raise MigrationFailed(f"{self.name}: the destination QEMU (pid {dst_inst.pid}) is gone")
         if not rec.instance.alive():
             raise MigrationFailed(
                 f"{self.name}: the source QEMU (pid {rec.instance.pid}) is gone; the destination "
-                f"(pid {dst_inst.pid}) is kept for inspection", phase=str(mig.get("state"))
+                f"(pid {dst_inst.pid}) is kept for inspection", phase=mig.state
             )  # fmt: skip
-        self.to_host = mig.get("to_host")
+        self.to_host = mig.to_host
         self.options = dataclasses.replace(
             self.options,
-            policy=parse_policy(str(mig.get("policy", self.options.policy))),
-            address=str(mig.get("address", self.options.address)),
-            preempt=mig.get("preempt"),
+            policy=parse_policy(mig.policy or str(self.options.policy)),
+            address=mig.address or self.options.address,
+            preempt=mig.preempt,
             recover_deadline_s=recover_deadline_s or self.options.recover_deadline_s,
         )
-        mig["owner_pid"] = os.getpid()
+        mig.owner_pid = os.getpid()
         reg.save(rec)
-        return await self._drive(rec, dst_inst, mig.get("link"), attach=True)
+        return await self._drive(rec, dst_inst, mig.link, attach=True)
 
     async def _drive(
         self, rec: VMRecord, dst_inst: QemuInstance, link: dict[str, Any] | None, attach: bool
@@ -299,8 +298,8 @@ class MigrationJob:
             self._probe_task = asyncio.get_running_loop().create_task(dst.send("go"))
 
     def _record_state(self, rec: VMRecord, mig: Migration) -> None:
-        if rec.migration is not None and rec.migration.get("state") != str(mig.state):
-            rec.migration["state"] = str(mig.state)
+        if rec.migration is not None and rec.migration.state != str(mig.state):
+            rec.migration.state = str(mig.state)
             with contextlib.suppress(OSError):
                 self.registry.save(rec)
 
@@ -334,7 +333,7 @@ class MigrationJob:
                 after_migration(rec, rec.instance)
             except Exception:  # never lose the record of where the VM runs over this
                 self.log.exception("could not re-read the destination's command line")
-            rec.migration = {"state": "completed", "from": old.to_dict(), "finished": time.time()}
+            rec.migration = MigrationRecord("completed", source=old, finished=time.time())
             report.where = f"destination (pid {dst.pid})"
         elif state in (S.FAILED, S.CANCELLED) and not mig.src_completed and report.switched_at_pass is None:
             # Nothing switched: the source still holds the whole VM.
@@ -346,8 +345,8 @@ class MigrationJob:
         else:
             # Post-copy trouble: memory is split between the two QEMUs. Keep both, never kill.
             assert rec.migration is not None
-            rec.migration["state"] = str(state)
-            rec.migration["owner_pid"] = 0  # nobody drives it now: `recover` / `--attach` may take it
+            rec.migration.state = str(state)
+            rec.migration.owner_pid = 0  # nobody drives it now: `recover` / `--attach` may take it
             src_alive, dst_alive = rec.instance.alive(), dst.alive()
             if state is S.FAILED and not src_alive:
                 report.where = (
@@ -367,9 +366,9 @@ class MigrationJob:
         self.registry.save(rec)
 
     async def _quit_source(self, rec: VMRecord, report: MigrationReport, src_mon: Monitor) -> None:
-        if report.status != "completed" or rec.migration is None or "from" not in rec.migration:
+        if report.status != "completed" or rec.migration is None or rec.migration.source is None:
             return
-        old = QemuInstance.from_dict(rec.migration["from"])
+        old = rec.migration.source
         with contextlib.suppress(LivemigError):
             await src_mon.execute("quit")
         if not await asyncio.to_thread(old.wait_exit, 5.0):
@@ -389,7 +388,7 @@ class MigrationJob:
 
 def _disks(rec: VMRecord) -> list[DiskRef]:
     if rec.adopted is not None:
-        return [(f"disk {d}", Path(d), False) for d in rec.adopted.get("disks", [])]
+        return [(f"disk {d}", Path(d), False) for d in rec.adopted.disks]
     return spec_disks(rec.spec)
 
 

@@ -11,14 +11,97 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from livemig.errors import LivemigError, VMExists, VMNotFound
 from livemig.paths import ensure_private_dir, runtime_dir
 from livemig.qemu.instance import QemuInstance
 from livemig.spec import VMSpec, is_vm_name
 
-__all__ = ["Registry", "VMRecord", "pid_alive"]
+__all__ = ["ENDED", "AdoptedRecord", "MigrationRecord", "Registry", "VMRecord", "pid_alive"]
+
+ENDED: Final = frozenset({"completed", "failed", "cancelled"})  # a migration's final states
+SPLIT: Final = frozenset({"postcopy", "postcopy-paused"})  # the VM's memory on both hosts
+
+
+@dataclass
+class MigrationRecord:
+    """A VM's migration, as any livemig process (or the next, after a crash) must know it."""
+
+    state: str
+    owner_pid: int = 0  # the livemig process driving it (0: nobody; `recover` may take it)
+    dst: QemuInstance | None = None  # the destination, while it runs
+    source: QemuInstance | None = None  # after completion: the old source, to be ended
+    policy: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    to_host: str | None = None
+    address: str | None = None
+    preempt: bool | None = None
+    link: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<MigrationRecord {self.state} owner={self.owner_pid} dst={self.dst.pid if self.dst else None}>"
+        )
+
+    @property
+    def unfinished(self) -> bool:
+        return self.state not in ENDED
+
+    @property
+    def split(self) -> bool:
+        return self.state in SPLIT
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "state": self.state, "owner_pid": self.owner_pid, "policy": self.policy, "started": self.started,
+            "finished": self.finished, "to_host": self.to_host, "address": self.address,
+            "preempt": self.preempt, "link": self.link,
+        }  # fmt: skip
+        if self.dst is not None:
+            d["dst"] = self.dst.to_dict()
+        if self.source is not None:
+            d["from"] = self.source.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MigrationRecord:
+        return cls(
+            state=str(d.get("state")), owner_pid=int(d.get("owner_pid") or 0),
+            dst=QemuInstance.from_dict(d["dst"]) if d.get("dst") else None,
+            source=QemuInstance.from_dict(d["from"]) if d.get("from") else None,
+            policy=d.get("policy"), started=d.get("started"), finished=d.get("finished"),
+            to_host=d.get("to_host"), address=d.get("address"), preempt=d.get("preempt"), link=d.get("link"),
+        )  # fmt: skip
+
+
+@dataclass
+class AdoptedRecord:
+    """A QEMU that livemig did not start (`livemig adopt`): what each destination is
+    derived from."""
+
+    argv: list[str]
+    taps: dict[str, str | None]  # tap name -> its bridge
+    qmp: str
+    heartbeat_chardev: str | None = None
+    machine_type: str | None = None
+    disks: list[str] = field(default_factory=list)
+    capabilities: dict[str, bool] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "argv": self.argv, "taps": self.taps, "qmp": self.qmp, "heartbeat_chardev": self.heartbeat_chardev,
+            "machine_type": self.machine_type, "disks": self.disks, "capabilities": self.capabilities,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AdoptedRecord:
+        return cls(
+            argv=list(d["argv"]), taps=dict(d.get("taps") or {}), qmp=str(d.get("qmp", "")),
+            heartbeat_chardev=d.get("heartbeat_chardev"), machine_type=d.get("machine_type"),
+            disks=list(d.get("disks") or []), capabilities=dict(d.get("capabilities") or {}),
+        )  # fmt: skip
 
 
 @dataclass
@@ -29,36 +112,33 @@ class VMRecord:
     host: str | None = None
     uid: int = field(default_factory=os.geteuid)
     created: float = field(default_factory=time.time)
-    migration: dict[str, Any] | None = None
-    # A QEMU that livemig did not start (`livemig adopt`): its argv, its taps' bridges,
-    # the heartbeat chardev and the machine type, from which each destination is derived.
-    adopted: dict[str, Any] | None = None
+    migration: MigrationRecord | None = None
+    adopted: AdoptedRecord | None = None
 
     def __repr__(self) -> str:
-        mig = f" migrating({self.migration.get('state')})" if self.migration else ""
+        mig = f" migrating({self.migration.state})" if self.migration else ""
         return f"<VMRecord {self.name} pid={self.instance.pid} host={self.host or 'local'}{mig}>"
 
     @property
     def status(self) -> str:
         if not self.instance.alive():
             return "dead"
-        if self.migration and self.migration.get("state") not in (None, "completed", "failed", "cancelled"):
-            owner = int(self.migration.get("owner_pid", 0))
-            if not owner or not pid_alive(owner):
-                return f"orphaned:{self.migration.get('state')}"  # `livemig migrate --attach` takes it over
-            return f"migrating:{self.migration.get('state')}"
+        mig = self.migration
+        if mig is not None and mig.unfinished:
+            if not mig.owner_pid or not pid_alive(mig.owner_pid):
+                return f"orphaned:{mig.state}"  # `livemig migrate --attach` takes it over
+            return f"migrating:{mig.state}"
         return "running"
 
     @property
     def where(self) -> str:
         """Where the VM's state lives, and what to do about it, in one line."""
         here = f"{self.host or 'local'} (pid {self.instance.pid})"
-        mig = self.migration or {}
-        state = mig.get("state")
-        if state in (None, "completed", "failed", "cancelled") or "dst" not in mig:
+        mig = self.migration
+        if mig is None or not mig.unfinished or mig.dst is None:
             return here
-        dst = f"{mig.get('to_host') or 'local'} (pid {mig['dst'].get('pid')})"
-        if state in ("postcopy", "postcopy-paused"):
+        dst = f"{mig.to_host or 'local'} (pid {mig.dst.pid})"
+        if mig.split:
             return f"split: vCPUs on {dst}, unsent pages on {here}; `livemig recover {self.name}` resumes it"
         return f"{here}, migrating to {dst}; `livemig migrate --attach {self.name}` if its livemig died"
 
@@ -70,8 +150,8 @@ class VMRecord:
             "host": self.host,
             "uid": self.uid,
             "created": self.created,
-            "migration": self.migration,
-            "adopted": self.adopted,
+            "migration": self.migration.to_dict() if self.migration else None,
+            "adopted": self.adopted.to_dict() if self.adopted else None,
         }
 
     @classmethod
@@ -83,8 +163,8 @@ class VMRecord:
             host=d.get("host"),
             uid=int(d.get("uid", os.geteuid())),
             created=float(d.get("created", 0)),
-            migration=d.get("migration"),
-            adopted=d.get("adopted"),
+            migration=MigrationRecord.from_dict(d["migration"]) if d.get("migration") else None,
+            adopted=AdoptedRecord.from_dict(d["adopted"]) if d.get("adopted") else None,
         )
 
 

@@ -55,7 +55,9 @@ async def astart_vm(
         if reg.exists(spec.name):
             old = reg.load(spec.name)
             if old.instance.alive():
-                raise VMExists(spec.name, f"a VM named {spec.name!r} is already running (pid {old.instance.pid})")
+                raise VMExists(
+                    spec.name, f"a VM named {spec.name!r} is already running (pid {old.instance.pid})"
+                )
             old.instance.remove_files()
         netns = Lab.load(reg.root).host(host).netns if host is not None else None
         inst = await asyncio.to_thread(QemuInstance.spawn, qemu, spec, accel, reg.root, False, netns)
@@ -94,8 +96,7 @@ async def astop_vm(name: str, registry: Registry | None = None) -> VMRecord:
             if not await asyncio.to_thread(inst.wait_exit, 5.0):
                 inst.kill()
         inst.remove_files()
-        mig = rec.migration or {}
-        if mig.get("dst"):
-            QemuInstance.from_dict(mig["dst"]).kill()
+        if rec.migration is not None and rec.migration.dst is not None:
+            rec.migration.dst.kill()
         reg.remove(name)
     return rec

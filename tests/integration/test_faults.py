@@ -21,6 +21,7 @@ from livemig.core.options import MigrationOptions
 from livemig.lab import Lab, Shaping
 from livemig.policy import parse_policy
 from livemig.qemu.instance import QemuInstance
+from livemig.registry import VMRecord
 from livemig.sync import SyncMigration
 
 from .conftest import VMFactory, qemu_running
@@ -29,6 +30,12 @@ from .test_migration import beats_on
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
 RATE = 12_500_000  # 100 mbit: post-copy of the guests below lasts several seconds
+
+
+def dst_of(rec: VMRecord) -> QemuInstance:
+    """The destination QEMU of ``rec``'s unfinished migration."""
+    assert rec.migration is not None and rec.migration.dst is not None, rec
+    return rec.migration.dst
 
 
 def options(policy: str, **kw: float) -> MigrationOptions:
@@ -109,7 +116,7 @@ def test_destination_killed_in_precopy_keeps_the_source(lab: Lab, vms: VMFactory
 
     def kill_dst(_ev: MigrationEvent) -> None:
         time.sleep(0.5)
-        dst = QemuInstance.from_dict(vms.record().migration["dst"])  # type: ignore[index]
+        dst = dst_of(vms.record())
         os.kill(dst.pid, signal.SIGKILL)
 
     mig = migrate_with(vms, options("postcopy-after:5"), "pass", kill_dst)
@@ -134,7 +141,7 @@ def test_source_killed_in_postcopy_is_unrecoverable_and_the_destination_is_kept(
     report = mig.report
     assert report is not None and report.status == "failed", report
     assert "source QEMU died" in (report.error or "") and "unrecoverable" in (report.where or "")
-    dst = QemuInstance.from_dict(vms.record().migration["dst"])  # type: ignore[index]
+    dst = dst_of(vms.record())
     assert dst.alive(), "the destination must be kept for inspection, not killed"
     ev = report.evidence
     assert ev is not None and ev["source_alive"] is False and ev["destination_alive"] is True
@@ -157,15 +164,15 @@ def test_livemig_killed_mid_migration_is_taken_over(
     first = _livemig(vms.runtime, "migrate", "vm", "--to", "dst", "--policy", policy, "--quiet")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        mig = vms.record().migration or {}
-        if mig.get("state") == phase:
+        mig = vms.record().migration
+        if mig is not None and mig.state == phase:
             break
         time.sleep(0.05)
     time.sleep(0.5)
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=10)
     rec = vms.record()
-    dst = QemuInstance.from_dict(rec.migration["dst"])  # type: ignore[index]
+    dst = dst_of(rec)
     assert rec.instance.alive() and dst.alive(), "QEMU must outlive livemig"
     assert rec.status == f"orphaned:{phase}"
     second = _livemig(vms.runtime, "migrate", "vm", "--json", "--quiet")  # the next command takes it over
@@ -175,7 +182,7 @@ def test_livemig_killed_mid_migration_is_taken_over(
     assert report["status"] == "completed" and report["events"][0]["name"] == "attached"
     assert report["guest"]["verify"].startswith("verify ok")
     after = vms.record()
-    assert after.host == "dst" and after.instance.pid == dst.pid and after.migration["state"] == "completed"  # type: ignore[index]
+    assert after.host == "dst" and after.instance.pid == dst.pid and after.migration.state == "completed"  # type: ignore[union-attr]
     assert not qemu_running(rec.instance.pid)
 
 
@@ -192,7 +199,7 @@ def test_after_the_deadline_both_stay_paused_and_recover_resumes(lab: Lab, vms: 
     assert report is not None and report.status == "postcopy-paused", report
     assert report.where and "livemig recover vm" in report.where
     rec = vms.record()
-    dst = QemuInstance.from_dict(rec.migration["dst"])  # type: ignore[index]
+    dst = dst_of(rec)
     assert rec.instance.alive() and dst.alive(), "after the deadline both QEMUs are kept, paused"
     listing = json.loads(subprocess.run(
         [sys.executable, "-m", "livemig", "vm", "list", "--json"], capture_output=True, text=True, check=True,

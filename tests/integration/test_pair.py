@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -132,9 +133,7 @@ def pairs(runtime: Path) -> Iterator[PairFactory]:
         q.proc.wait(10)
     for fd in factory.fds:
         os.close(fd)
-    for p in root.rglob("*"):
-        if p.is_file() or p.is_socket():
-            p.unlink()
+    shutil.rmtree(root)
 
 
 def pair_args(src: Qemu, dst: Qemu, uri: str, *more: str) -> list[str]:

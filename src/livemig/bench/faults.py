@@ -27,7 +27,6 @@ from livemig.errors import LivemigError
 from livemig.guest import parse_workload
 from livemig.lab import Lab, Shaping
 from livemig.observe.heartbeat import HeartbeatReader
-from livemig.qemu.instance import QemuInstance
 from livemig.registry import Registry
 from livemig.spec import VMSpec
 from livemig.units import parse_rate
@@ -120,7 +119,8 @@ def _inject(fault: Fault, lab: Lab, reg: Registry, name: str, proc: subprocess.P
         time.sleep(fault.outage_s)
         lab.set_link("dst", up=True)
     elif fault.kind == "kill-dst":
-        os.kill(QemuInstance.from_dict((rec.migration or {})["dst"]).pid, signal.SIGKILL)
+        assert rec.migration is not None and rec.migration.dst is not None
+        os.kill(rec.migration.dst.pid, signal.SIGKILL)
     elif fault.kind == "kill-src":
         os.kill(rec.instance.pid, signal.SIGKILL)
     elif fault.kind == "kill-livemig":

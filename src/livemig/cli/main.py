@@ -234,7 +234,7 @@ def adopt(
     where = f"lab host {rec.host}" if rec.host else "this host"
     out.print(
         f"adopted {name} (pid {rec.instance.pid} on {where}, {rec.instance.accel}, {rec.spec.memory_mib} MiB, "
-        f"{len(rec.adopted['disks'] if rec.adopted else [])} disk(s), {len(taps)} tap(s)); "
+        f"{len(rec.adopted.disks if rec.adopted else [])} disk(s), {len(taps)} tap(s)); "
         f"`livemig migrate {name}{' --to HOST' if rec.host else ''}` moves it"
     )
 

@@ -5,6 +5,10 @@ stopping, the destination resuming). :meth:`Backend.progress` is used for progre
 figures (the policy's snapshot, the timeline, the watchdog) and the final report,
 never to detect a phase. The policy decides at each pass and on each progress tick;
 post-copy trouble is recovered by pausing both sides and reconnecting them.
+
+Why this module is over 500 lines: it is one class, the state machine's driver, whose
+methods share one condition variable and one state; everything that can stand alone
+already does (events.py and bus.py, sides.py, recovery.py, report.py, state.py).
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 from livemig.core.backend import Backend, BackendEvent, EventKind, MigrationInfo, Negotiated, Side
 from livemig.core.bus import EventBus
 from livemig.core.events import MigrationEvent, translate
 from livemig.core.options import MigrationOptions
-from livemig.core.recovery import Backoff, RecoveryStats, Watchdog
+from livemig.core.recovery import Backoff, Reconnect, RecoveryStats, Watchdog
 from livemig.core.report import MigrationReport, Switch, build_report
+from livemig.core.sides import WHO, Sides
 from livemig.core.state import (
     TERMINAL,
     MigrationState,
@@ -44,9 +49,6 @@ __all__ = ["ATTACH_STATE", "Migration", "Sample"]
 
 log = logging.getLogger(__name__)
 S = MigrationState
-RESUMING: Final = frozenset({"postcopy-recover-setup", "postcopy-recover"})
-PAUSED: Final = frozenset({"postcopy-paused"})
-RUNNING_AGAIN: Final = frozenset({"postcopy-active", "completed"})
 # The source's migration status when livemig reattaches -> the state to resume in.
 ATTACH_STATE: dict[str, MigrationState] = {
     "setup": S.SETUP, "active": S.PRECOPY, "device": S.PRECOPY, "pre-switchover": S.PRECOPY,
@@ -54,7 +56,6 @@ ATTACH_STATE: dict[str, MigrationState] = {
     "postcopy-recover-setup": S.POSTCOPY_PAUSED, "postcopy-recover": S.POSTCOPY_PAUSED,
     "failed": S.FAILED, "cancelling": S.CANCELLED, "cancelled": S.CANCELLED,
 }  # fmt: skip
-WHO: Final = {"src": "source", "dst": "destination"}
 
 
 @dataclass(frozen=True)
@@ -102,12 +103,11 @@ class Migration:
         self._timeline: list[Sample] = []
         self._decisions: list[dict[str, Any]] = []
         self._src_completed: BackendEvent | None = None  # the source's "completed", held back
-        self._side_status: dict[str, str] = {}  # each side's latest pushed status
-        self._status_seq = 0
+        self.sides = Sides(self._changed, lambda: self._sm.terminal, self.log)
         self._watchdog = Watchdog(self.options.stall_timeout_s)
         self._cancel_is_failure = False
         self._cancel_sent = False  # then the destination's "failed" (its stream ended) is expected
-        self._pause_asked: set[str] = set()  # sides asked to pause since the last recovery
+        self._reconnect = Reconnect(backend, self.sides, self.log, self.options.recover_attempt_s)
         self._dst_resumed = False
         self._failure: str | None = None
         self._failure_phase: str | None = None
@@ -226,8 +226,7 @@ class Migration:
         elif ev.kind is EventKind.PASS and ev.side == "src" and ev.n is not None:
             self._passes = max(self._passes, ev.n)
         elif ev.kind is EventKind.STATUS and ev.status is not None:
-            self._side_status[ev.side] = ev.status
-            self._status_seq += 1
+            self.sides.update(ev.side, ev.status)
         published = translate(ev)
         if published is not None and published.name != "completed" and not self.bus.closed:
             self.bus.publish(published)
@@ -306,23 +305,6 @@ class Migration:
         return (f"the destination {hv} died during {self.state}, after the switch: the VM's running "
                 "state is lost and the source holds only a stale copy")  # fmt: skip
 
-    async def _wait_status(
-        self, side: Side, ok: frozenset[str], bad: frozenset[str], timeout: float
-    ) -> str | None:
-        """Wait for ``side``'s next pushed status in ``ok`` or ``bad`` (or one in ``ok`` now)."""
-        seq, want = self._status_seq, ok | bad
-
-        def reached() -> bool:
-            st = self._side_status.get(side)
-            return st in ok or (self._status_seq > seq and st in want) or self._sm.terminal
-
-        try:
-            async with asyncio.timeout(timeout):
-                await self._wait_for(reached)
-        except TimeoutError:
-            self.log.info("%s: no status in %s within %gs", WHO[side], sorted(want), timeout)
-        return self._side_status.get(side)
-
     # -- commands ----------------------------------------------------------
     @require(S.SETUP, S.PRECOPY, S.POSTCOPY, why="post-copy can start only while pre-copy runs")
     async def start_postcopy(self, reason: str = "requested by caller") -> None:
@@ -397,7 +379,8 @@ class Migration:
         await self._open()
         view = await self.backend.attach()
         self.negotiated = Negotiated("", view.caps)
-        self._side_status.update(src=view.src_status, dst=view.dst_status)
+        self.sides.update("src", view.src_status)
+        self.sides.update("dst", view.dst_status)
         self._passes = view.info.dirty_sync_count
         total = view.info.total_time_ms
         self._timing.migrate_ts = time.time() - (total / 1000 if total else 0.0)
@@ -584,18 +567,7 @@ class Migration:
         self.recovery.pauses += 1
         self.recovery.last_reason = reason
         for side in ("src", "dst"):
-            await self._pause_side(side)
-
-    async def _pause_side(self, side: Side) -> None:
-        """Pause ``side`` once, and only while it is postcopy-active. QEMU 10.0.2's
-        destination segfaults (in its OOB monitor thread) on migrate-pause once a failed
-        resume has left it recovering."""
-        if self._side_status.get(side) == "postcopy-active" and side not in self._pause_asked:
-            self._pause_asked.add(side)
-            try:
-                await self.backend.pause(side)
-            except LivemigError as exc:
-                self.log.info("pause of the %s: %s", WHO[side], exc)
+            await self._reconnect.pause_side(side)
 
     async def _recover(self, deadline_s: float | None = None) -> bool:
         """Retry recovery with backoff until the deadline; True once post-copy runs again."""
@@ -613,7 +585,7 @@ class Migration:
                     return False
             stats.attempts += 1
             try:
-                ok = await self._recover_once()
+                ok = await self._reconnect.attempt()
             except LivemigError as exc:
                 self.log.info("recovery attempt %d: %s", stats.attempts, exc)
                 continue
@@ -626,29 +598,7 @@ class Migration:
                 )
                 await self._set_state(S.POSTCOPY, "recovered")
                 self._watchdog.reset()
-                self._pause_asked.clear()
+                self._reconnect.asked.clear()
                 return True
         self.log.warning("recovery deadline (%gs) passed: both sides stay paused", backoff.deadline_s)
         return False
-
-    async def _recover_once(self) -> bool:
-        attempt_s = self.options.recover_attempt_s
-        if self._side_status.get("src") in RUNNING_AGAIN:
-            return True  # an earlier attempt's connection went through after all
-        if self._side_status.get("src") in RESUMING:
-            # A resume is still connecting (a cut link: SYNs are retried for minutes). That
-            # cannot be paused, so wait for it to connect or to fail.
-            st = await self._wait_status("src", RUNNING_AGAIN, PAUSED | {"failed"}, attempt_s)
-            if st in RUNNING_AGAIN:
-                return True
-            if st not in PAUSED:
-                return False
-        for side in ("src", "dst"):
-            await self._pause_side(side)
-            if self._side_status.get(side) not in PAUSED:
-                await self._wait_status(side, PAUSED, frozenset(), 5.0)
-        if self._side_status.get("src") not in PAUSED:
-            return False
-        await self.backend.recover(attempt_s)
-        st = await self._wait_status("src", RUNNING_AGAIN, PAUSED | {"failed"}, attempt_s)
-        return st in RUNNING_AGAIN

@@ -9,12 +9,21 @@ both sides stay paused and ``livemig recover NAME`` tries again.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
 
-__all__ = ["Backoff", "RecoveryStats", "Watchdog"]
+from livemig.core.backend import Backend, Side
+from livemig.core.sides import WHO, Sides
+from livemig.errors import LivemigError
+
+__all__ = ["PAUSED", "RESUMING", "RUNNING_AGAIN", "Backoff", "Reconnect", "RecoveryStats", "Watchdog"]
+
+RESUMING: Final = frozenset({"postcopy-recover-setup", "postcopy-recover"})
+PAUSED: Final = frozenset({"postcopy-paused"})
+RUNNING_AGAIN: Final = frozenset({"postcopy-active", "completed"})
 
 
 @dataclass(frozen=True)
@@ -83,3 +92,48 @@ class Watchdog:
 
     def reset(self, now: float | None = None) -> None:
         self._since, self._fired = (time.time() if now is None else now), False
+
+
+@dataclass
+class Reconnect:
+    """One recovery attempt's sequence: each side paused (once, and only while it is
+    postcopy-active), then the backend's reconnect, confirmed by pushed statuses."""
+
+    backend: Backend
+    sides: Sides
+    log: logging.Logger
+    attempt_s: float
+    asked: set[str] = field(default_factory=set)  # sides asked to pause since the last recovery
+
+    async def pause_side(self, side: Side) -> None:
+        """QEMU 10.0.2's destination segfaults (in its OOB monitor thread) on migrate-pause
+        once a failed resume has left it recovering: so once per outage, only when active."""
+        if self.sides.get(side) == "postcopy-active" and side not in self.asked:
+            self.asked.add(side)
+            try:
+                await self.backend.pause(side)
+            except LivemigError as exc:
+                self.log.info("pause of the %s: %s", WHO[side], exc)
+
+    async def attempt(self) -> bool:
+        """True once the source runs post-copy again (or completed)."""
+        src = self.sides.get("src")
+        if src in RUNNING_AGAIN:
+            return True  # an earlier attempt's connection went through after all
+        if src in RESUMING:
+            # A resume is still connecting (a cut link: SYNs are retried for minutes). That
+            # cannot be paused, so wait for it to connect or to fail.
+            st = await self.sides.wait("src", RUNNING_AGAIN, PAUSED | {"failed"}, self.attempt_s)
+            if st in RUNNING_AGAIN:
+                return True
+            if st not in PAUSED:
+                return False
+        for side in ("src", "dst"):
+            await self.pause_side(side)
+            if self.sides.get(side) not in PAUSED:
+                await self.sides.wait(side, PAUSED, frozenset(), 5.0)
+        if self.sides.get("src") not in PAUSED:
+            return False
+        await self.backend.recover(self.attempt_s)
+        st = await self.sides.wait("src", RUNNING_AGAIN, PAUSED | {"failed"}, self.attempt_s)
+        return st in RUNNING_AGAIN

@@ -1,0 +1,272 @@
+"""The backend-neutral core against a backend double: every policy's walk, recovery,
+cancel and a refused switch, with no QMP in sight. The double answers commands as a
+hypervisor would (a switch brings postcopy-active, STOP and RESUME; a pause brings
+postcopy-paused) and the test pushes the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from livemig.core import (
+    Backend,
+    BackendEvent,
+    EventKind,
+    Migration,
+    MigrationInfo,
+    MigrationOptions,
+    Negotiated,
+)
+from livemig.core.backend import AttachView, EventSink, Side
+from livemig.core.report import MigrationReport
+from livemig.core.state import MigrationState
+from livemig.errors import MigrationFailed, QMPCommandError, StateError
+from livemig.policy import parse_policy
+
+S = MigrationState
+
+
+@dataclass
+class DoubleBackend:
+    name: str = "vm"
+    hypervisor: str = "double"
+    version: str = "1.0"
+    accel: str = "none"
+    commands: list[str] = field(default_factory=list)
+    frozen: bool = False  # progress stops (a dead link)
+    refuse_switch: bool = False
+    refuse_recover: int = 0  # recover attempts that fail first
+    src_status: str = "none"
+    transferred: int = 0
+    sink: EventSink | None = None
+    _lost: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def lost(self, side: Side) -> asyncio.Event:
+        return self._lost.setdefault(side, asyncio.Event())
+
+    async def push(
+        self, kind: EventKind, side: Side, status: str | None = None, n: int | None = None
+    ) -> None:
+        if kind is EventKind.STATUS and side == "src" and status is not None:
+            self.src_status = status
+        assert self.sink is not None
+        await self.sink(BackendEvent(kind, side, time.time(), time.time() - 0.001, status, n))
+
+    async def open(self, sink: EventSink) -> None:
+        self.commands.append("open")
+        self.sink = sink
+
+    async def prepare(self, options: Any, allows_postcopy: bool) -> Negotiated:
+        self.commands.append(f"prepare postcopy={allows_postcopy}")
+        return Negotiated("double:1", {"postcopy-ram": allows_postcopy})
+
+    async def start(self) -> None:
+        self.commands.append("start")
+        await self.push(EventKind.STATUS, "src", "setup")
+        await self.push(EventKind.STATUS, "src", "active")
+        await self.push(EventKind.PASS, "src", n=1)
+
+    async def switch(self) -> None:
+        self.commands.append("switch")
+        if self.refuse_switch:
+            raise QMPCommandError("vm", "switch", "GenericError", "refused")
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._switched()))
+
+    async def _switched(self) -> None:
+        await self.push(EventKind.STATUS, "src", "postcopy-active")
+        await self.push(EventKind.STOPPED, "src")
+        await self.push(EventKind.STATUS, "dst", "postcopy-active")
+        await self.push(EventKind.RESUMED, "dst")
+
+    async def cancel(self) -> None:
+        self.commands.append("cancel")
+        asyncio.get_running_loop().call_soon(
+            lambda: asyncio.ensure_future(self.push(EventKind.STATUS, "src", "cancelled"))
+        )
+
+    async def pause(self, side: Side) -> None:
+        self.commands.append(f"pause {side}")
+        await self.push(EventKind.STATUS, side, "postcopy-paused")
+
+    async def recover(self, timeout: float) -> None:
+        self.commands.append("recover")
+        if self.refuse_recover:
+            self.refuse_recover -= 1
+            raise MigrationFailed("no listener yet")
+        self.frozen = False
+        await self.push(EventKind.STATUS, "dst", "postcopy-active")
+        await self.push(EventKind.STATUS, "src", "postcopy-active")
+
+    async def progress(self, side: Side = "src") -> MigrationInfo:
+        if not self.frozen:
+            self.transferred += 1 << 20
+        return MigrationInfo(
+            self.src_status, transferred=self.transferred, remaining=1 << 20, total_time_ms=5.0
+        )
+
+    async def destination_running(self) -> tuple[bool, str]:
+        return True, "running"
+
+    async def attach(self) -> AttachView:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        self.commands.append("close")
+
+    async def complete(self) -> None:
+        await self.push(EventKind.STATUS, "src", "completed")
+        await self.push(EventKind.STATUS, "dst", "completed")
+
+
+def fast(policy: str, **kw: Any) -> MigrationOptions:
+    return MigrationOptions(policy=parse_policy(policy), tick_s=0.02, stall_timeout_s=0.2, **kw)
+
+
+async def until(cond: Callable[[], bool], timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.005)
+
+
+async def begin(policy: str, **kw: Any) -> tuple[DoubleBackend, Migration, asyncio.Task[MigrationReport]]:
+    be = DoubleBackend()
+    backend: Backend = be  # the double satisfies the protocol
+    mig = Migration(backend, fast(policy, **kw))
+    task = asyncio.create_task(mig.run())
+    await until(lambda: "start" in be.commands)
+    await until(lambda: mig.state in (S.PRECOPY, S.POSTCOPY))
+    return be, mig, task
+
+
+@pytest.mark.parametrize(
+    ("policy", "passes_before_end", "switched_at"),
+    [("precopy", 3, None), ("postcopy-now", 0, 0), ("postcopy-after:1", 1, 1), ("postcopy-after:3", 3, 3)],
+)
+def test_every_policy_walks_to_completion(
+    policy: str, passes_before_end: int, switched_at: int | None
+) -> None:
+    async def main() -> None:
+        be, mig, task = await begin(policy)
+        for n in range(2, passes_before_end + 2):
+            if mig.state is S.POSTCOPY:
+                break
+            await be.push(EventKind.PASS, "src", n=n)
+        if switched_at is not None:
+            await until(lambda: mig.state is S.POSTCOPY)
+        else:
+            await be.push(EventKind.STOPPED, "src")
+            await be.push(EventKind.RESUMED, "dst")
+        await be.complete()
+        report = await asyncio.wait_for(task, 3)
+        assert report.status == "completed"
+        assert report.switched_at_pass == switched_at
+        assert ("switch" in be.commands) is (switched_at is not None)
+        assert be.commands[0] == "open" and be.commands[-1] == "close"
+        names = [e["name"] for e in report.events]
+        assert names[0] == "setup" and names[-1] == "completed"
+        assert report.blackout_ms is not None and report.blackout_ms >= 0
+        assert mig.bus.closed
+
+    asyncio.run(main())
+
+
+def test_manual_switches_only_when_asked() -> None:
+    async def main() -> None:
+        be, mig, task = await begin("manual")
+        for n in (2, 3, 4):
+            await be.push(EventKind.PASS, "src", n=n)
+        await asyncio.sleep(0.1)
+        assert "switch" not in be.commands
+        await mig.start_postcopy("a test asked")
+        assert mig.state is S.POSTCOPY
+        await be.complete()
+        report = await asyncio.wait_for(task, 3)
+        assert report.switched_at_pass == 3 and report.switch_reason == "a test asked"
+
+    asyncio.run(main())
+
+
+def test_a_stalled_postcopy_is_paused_recovered_with_backoff_and_completes() -> None:
+    async def main() -> None:
+        be, mig, task = await begin("postcopy-now", recover_deadline_s=10.0)
+        await until(lambda: mig.state is S.POSTCOPY)
+        be.refuse_recover = 1
+        be.frozen = True  # the link died
+        await until(lambda: be.commands.count("recover") == 2 and mig.state is S.POSTCOPY, 6)
+        assert be.commands.count("pause src") == 1 and be.commands.count("pause dst") == 1
+        await be.complete()
+        report = await asyncio.wait_for(task, 3)
+        assert report.status == "completed"
+        assert report.recovery is not None
+        assert report.recovery["pauses"] == 1 and report.recovery["attempts"] == 2
+        assert report.recovery["recovered"] == 1
+        names = [e["name"] for e in report.events]
+        assert names.index("postcopy-paused") < names.index("postcopy-recovered") < names.index("completed")
+
+    asyncio.run(main())
+
+
+def test_cancel_in_precopy_keeps_the_vm_on_the_source_and_is_refused_after_the_switch() -> None:
+    async def main() -> None:
+        _be, mig, task = await begin("manual")
+        await mig.cancel()
+        report = await asyncio.wait_for(task, 3)
+        assert report.status == "cancelled" and report.error is None
+
+        be2, mig2, task2 = await begin("postcopy-now")
+        await until(lambda: mig2.state is S.POSTCOPY)
+        with pytest.raises(StateError):
+            await mig2.cancel()
+        await be2.complete()
+        assert (await asyncio.wait_for(task2, 3)).status == "completed"
+
+    asyncio.run(main())
+
+
+def test_a_refused_switch_is_logged_published_and_ends_the_migration_on_the_source(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> MigrationReport:
+        be = DoubleBackend(refuse_switch=True)
+        mig = Migration(be, fast("postcopy-after:1"))
+        task = asyncio.create_task(mig.run())
+        await until(lambda: mig.state is S.PRECOPY)
+        await be.push(EventKind.PASS, "src", n=2)
+        return await asyncio.wait_for(task, 3)
+
+    with caplog.at_level(logging.ERROR):
+        report = asyncio.run(main())
+    assert report.status == "failed"
+    assert report.error is not None and "the switch to post-copy failed" in report.error
+    assert any("switch to post-copy failed" in r.getMessage() for r in caplog.records)
+    failed = [e for e in report.events if e["name"] == "postcopy-requested" and "failed" in e["data"]]
+    assert failed and "refused" in failed[0]["data"]["failed"]
+
+
+def test_precopy_timeout_cancels_with_its_reason() -> None:
+    async def main() -> MigrationReport:
+        be = DoubleBackend()
+        mig = Migration(be, fast("precopy:timeout=1"))
+        return await asyncio.wait_for(mig.run(), 5)
+
+    report = asyncio.run(main())
+    assert report.status == "cancelled"
+    assert report.error is not None and "has not converged" in report.error
+
+
+def test_a_lost_destination_after_the_switch_fails_with_the_reason() -> None:
+    async def main() -> MigrationReport:
+        be, mig, task = await begin("postcopy-now")
+        await until(lambda: mig.state is S.POSTCOPY)
+        be.lost("dst").set()
+        return await asyncio.wait_for(task, 3)
+
+    report = asyncio.run(main())
+    assert report.status == "failed"
+    assert report.error is not None and "destination double died" in report.error
