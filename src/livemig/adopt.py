@@ -131,6 +131,21 @@ async def aadopt_vm(
         raise UsageError(f"pid {pid}: cannot read its command line: {exc.strerror}") from None
     if not exe.name.startswith("qemu-system-"):
         raise AdoptRefused(name, "pid", f"pid {pid} runs {exe.name}, not QEMU")
+    view = await asyncio.wait_for(_qmp_view(name, qmp), 30)  # read-only
+    # The rest reads /proc and netlink (pyroute2 runs its own loop): in a thread.
+    return await asyncio.to_thread(_record, reg, name, qmp, pid, argv, heartbeat, view)
+
+
+def _record(
+    reg: Registry,
+    name: str,
+    qmp: Path,
+    pid: int,
+    argv: list[str],
+    heartbeat: str | None,
+    view: dict[str, Any],
+) -> VMRecord:
+    """Refuse what cannot be recreated, else record the VM (under its lock)."""
     with reg.lock(name):
         if reg.exists(name) and reg.load(name).instance.alive():
             raise VMExists(name, f"a VM named {name!r} is already recorded and running")
@@ -139,8 +154,7 @@ async def aadopt_vm(
                 raise VMExists(name, f"pid {pid} is already livemig's VM {other.name!r}")
         lab = Lab.current(reg.root)
         host, netns = _placement(name, pid, lab)
-        view = await asyncio.wait_for(_qmp_view(name, qmp), 30)
-        derived, machine_type, taps = _derive(name, argv, view, netns, heartbeat)
+        derived, machine_type, taps = _derive(argv, view, netns, heartbeat)
         qemu = find_qemu()
         version = view["query-version"]["qemu"]
         running = (int(version["major"]), int(version["minor"]), int(version["micro"]))
@@ -188,7 +202,7 @@ def _placement(name: str, pid: int, lab: Lab | None) -> tuple[str | None, str | 
 
 
 def _derive(
-    name: str, argv: list[str], view: dict[str, Any], netns: str | None, heartbeat: str | None
+    argv: list[str], view: dict[str, Any], netns: str | None, heartbeat: str | None
 ) -> tuple[Derived, str, dict[str, str | None]]:
     status = view["query-status"].get("status")
     refusals = []

@@ -141,9 +141,8 @@ def _connect(path: Path, name: str, timeout: float | None) -> socket.socket:
 
 def stream(path: Path, name: str, op: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
     """Send ``op`` and yield each JSON reply line; raises LivemigError on an error reply."""
-    with _connect(path, name, timeout) as s:
+    with _connect(path, name, timeout) as s, s.makefile("rb") as buf:
         s.sendall(json.dumps({"op": op}).encode() + b"\n")
-        buf = s.makefile("rb")
         for line in buf:
             msg = json.loads(line)
             if not msg.get("ok"):

@@ -32,7 +32,7 @@ from livemig.errors import (
 )
 from livemig.lab import Lab
 from livemig.lab.plan import GUEST_BRIDGE
-from livemig.observe.heartbeat import HeartbeatReader, guest_stats, write_beats
+from livemig.observe.heartbeat import HeartbeatReader, guest_view, write_beats
 from livemig.observe.netprobe import NetProbe, network_stats
 from livemig.policy import parse_policy
 from livemig.qemu.binary import find_qemu
@@ -72,7 +72,7 @@ class MigrationJob:
         self.report: MigrationReport | None = None
         self._ready = asyncio.Event()
         self._callbacks: list[Callable[[MigrationEvent], None]] = []
-        self._probe_task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()  # fire-and-forget sends to the guest
         self.log = log.getChild(name)
 
     def __repr__(self) -> str:
@@ -179,69 +179,40 @@ class MigrationJob:
     async def _drive(
         self, rec: VMRecord, dst_inst: QemuInstance, link: dict[str, Any] | None, attach: bool
     ) -> MigrationReport:
-        reg = self.registry
-        qemu = find_qemu()
-        vmlog = self.log
-        src_mon = Monitor(self.name, "src", rec.instance.paths.qmp, vmlog.getChild("src"))
-        dst_mon = Monitor(self.name, "dst", dst_inst.paths.qmp, vmlog.getChild("dst"))
+        src_mon = Monitor(self.name, "src", rec.instance.paths.qmp, self.log.getChild("src"))
+        dst_mon = Monitor(self.name, "dst", dst_inst.paths.qmp, self.log.getChild("dst"))
         readers = [
-            HeartbeatReader(rec.instance.paths.heartbeat, "src", vmlog),
-            HeartbeatReader(dst_inst.paths.heartbeat, "dst", vmlog),
+            HeartbeatReader(rec.instance.paths.heartbeat, "src", self.log),
+            HeartbeatReader(dst_inst.paths.heartbeat, "dst", self.log),
         ] if rec.spec.heartbeat else []  # fmt: skip
         probe = self._netprobe(rec)
         server: ControlServer | None = None
-        mig: Migration | None = None
         report: MigrationReport | None = None
         try:
             await asyncio.gather(src_mon.connect(), dst_mon.connect())
             for r in readers:
                 await r.start()
-            backend = QemuBackend(
-                self.name,
-                Endpoint("src", src_mon, qemu.version, rec.instance.accel),
-                Endpoint("dst", dst_mon, qemu.version, dst_inst.accel),
-            )
-            mig = Migration(backend, self.options)
-            for cb in self._callbacks:
-                mig.on_event(cb)
-            if rec.spec.workload.mode == "faultprobe" and readers:
-                mig.on_event(lambda ev: self._probe_go(ev, readers[1]))
-            mig.on_event(lambda ev: self._record_state(rec, mig))
-            self.migration = mig
-            self._ready.set()
+            mig = self._migration_of(rec, dst_inst, src_mon, dst_mon, readers)
             if self.control:
-                server = ControlServer(reg.control_socket(self.name), self.name, lambda: self.migration)
+                server = ControlServer(
+                    self.registry.control_socket(self.name), self.name, lambda: self.migration
+                )
                 await server.start()
             if probe is not None:
                 await probe.start()
             t0 = time.time()
             report = await (mig.attach() if attach else mig.run())
-            if report.status == "completed":
-                await asyncio.sleep(STALL_GRACE_S)
-            if probe is not None:
-                raw = await probe.stop()
-                resumed = next(
-                    (e["qemu_ts"] for e in report.events if e["name"] == "destination-resumed"), None
-                )
-                report.network = network_stats(raw, resumed) if raw else {"error": "the network probe failed"}
-            beats = [b for r in readers for b in r.beats]
-            report.guest = guest_stats(beats, start_ts=t0).to_dict() if readers else {"heartbeat": None}
-            if self.heartbeat_log is not None:
-                write_beats(self.heartbeat_log, beats, t0)
+            await self._observe(report, rec, readers, probe, t0)
             report.link = link
             rates = [r for r in (link and link["rate_bps"], self.options.max_bandwidth) if r]
             report.set_bound(min(rates) if rates else None)
-            if rec.spec.workload.mode == "faultprobe" and report.status == "completed" and readers:
-                report.guest["faultprobe"] = await _faultprobe_result(readers[1])
-            if report.status == "completed" and rec.spec.workload.mode == "verify" and readers:
-                await self._verify(readers[1], report)
             if report.status == "failed" and report.switched_at_pass is not None:
                 report.evidence = await _evidence(rec.instance, dst_inst, dst_mon)
-            self._finish(rec, dst_inst, mig, report, src_mon)
+            self._finish(rec, dst_inst, mig, report)
             await self._quit_source(rec, report, src_mon)
         except BaseException:
             if report is None:
-                self._abandon(rec, dst_inst, mig)
+                self._abandon(dst_inst, self.migration)
             raise
         finally:
             if probe is not None:
@@ -253,6 +224,57 @@ class MigrationJob:
             await asyncio.gather(src_mon.close(), dst_mon.close())
         self.report = report
         return report
+
+    def _migration_of(
+        self,
+        rec: VMRecord,
+        dst_inst: QemuInstance,
+        src_mon: Monitor,
+        dst_mon: Monitor,
+        readers: list[HeartbeatReader],
+    ) -> Migration:
+        """The core's Migration over the QEMU backend, with this job's event callbacks."""
+        version = find_qemu().version
+        backend = QemuBackend(
+            self.name,
+            Endpoint("src", src_mon, version, rec.instance.accel),
+            Endpoint("dst", dst_mon, version, dst_inst.accel),
+        )
+        mig = Migration(backend, self.options)
+        for cb in self._callbacks:
+            mig.on_event(cb)
+        if rec.spec.workload.mode == "faultprobe" and readers:
+            mig.bus.on(lambda _ev: self._probe_go(readers[1]), names=["destination-resumed"])
+        mig.on_event(lambda _ev: self._record_state(rec, mig))
+        self.migration = mig
+        self._ready.set()
+        return mig
+
+    async def _observe(
+        self,
+        report: MigrationReport,
+        rec: VMRecord,
+        readers: list[HeartbeatReader],
+        probe: NetProbe | None,
+        t0: float,
+    ) -> None:
+        """What the guest and its clients saw: heartbeats, the network probe, the guest's
+        own checks (verify, faultprobe)."""
+        if report.status == "completed":
+            await asyncio.sleep(STALL_GRACE_S)
+        if probe is not None:
+            raw = await probe.stop()
+            resumed = next((e["qemu_ts"] for e in report.events if e["name"] == "destination-resumed"), None)
+            report.network = network_stats(raw, resumed) if raw else {"error": "the network probe failed"}
+        report.guest = guest_view(readers, t0)
+        if self.heartbeat_log is not None:
+            write_beats(self.heartbeat_log, [b for r in readers for b in r.beats], t0)
+        if report.status != "completed" or not readers:
+            return
+        if rec.spec.workload.mode == "faultprobe":
+            report.guest["faultprobe"] = await _faultprobe_result(readers[1])
+        elif rec.spec.workload.mode == "verify":
+            await self._verify(readers[1], report)
 
     def _placement(self, rec: VMRecord) -> tuple[str | None, dict[str, Any] | None]:
         """Where the destination runs: on this machine, or on the lab host ``to_host``
@@ -292,10 +314,11 @@ class MigrationJob:
                 return NetProbe(lab.plan.client_netns, nic.address, nic.mac)
         return None
 
-    def _probe_go(self, ev: MigrationEvent, dst: HeartbeatReader) -> None:
+    def _probe_go(self, dst: HeartbeatReader) -> None:
         """faultprobe: start touching pages the moment the guest resumes on the destination."""
-        if ev.name == "destination-resumed":
-            self._probe_task = asyncio.get_running_loop().create_task(dst.send("go"))
+        task = asyncio.get_running_loop().create_task(dst.send("go"))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def _record_state(self, rec: VMRecord, mig: Migration) -> None:
         if rec.migration is not None and rec.migration.state != str(mig.state):
@@ -322,7 +345,6 @@ class MigrationJob:
         dst: QemuInstance,
         mig: Migration,
         report: MigrationReport,
-        src_mon: Monitor,
     ) -> None:
         state = mig.state
         if state is S.COMPLETED:
@@ -375,7 +397,7 @@ class MigrationJob:
             old.kill()
         old.remove_files()
 
-    def _abandon(self, rec: VMRecord, dst: QemuInstance, mig: Migration | None) -> None:
+    def _abandon(self, dst: QemuInstance, mig: Migration | None) -> None:
         """An error before a report: if nothing switched, end the destination and keep the source."""
         switched = mig is not None and mig.state in (S.POSTCOPY, S.POSTCOPY_PAUSED)
         if not switched:

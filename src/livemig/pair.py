@@ -16,18 +16,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from livemig.adopt import peer_pid
 from livemig.backends.qemu import Endpoint, QemuBackend
 from livemig.control import ControlServer, request
 from livemig.core.migration import Migration
 from livemig.core.options import MigrationOptions
 from livemig.core.report import MigrationReport
 from livemig.errors import LivemigError, MigrationError, QemuDied, UsageError
-from livemig.observe.heartbeat import HeartbeatReader, guest_stats
+from livemig.observe.heartbeat import HeartbeatReader, guest_view
 from livemig.qemu.monitor import Monitor
 from livemig.registry import Registry
 from livemig.spec import is_vm_name
@@ -60,6 +62,11 @@ class QemuPair:
             raise UsageError("give both --src-heartbeat and --dst-heartbeat, or neither")
         if self.src_qmp == self.dst_qmp:
             raise UsageError("--src-qmp and --dst-qmp are the same socket")
+        for flag, path in (("--src-qmp", self.src_qmp), ("--dst-qmp", self.dst_qmp)):
+            if not path.exists():
+                raise UsageError(f"{flag} {path}: no such socket")
+            if not path.is_socket():
+                raise UsageError(f"{flag} {path}: not a UNIX socket")
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,33 @@ async def inspect(mon: Monitor) -> QemuView:
         str(status.get("status")),
         str(mig.get("status", "none")),
     )
+
+
+_BIND = (
+    "import socket, sys\n"
+    "host, port = sys.argv[1].strip('[]'), int(sys.argv[2])\n"
+    "s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET)\n"
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "try:\n    s.bind((host, port))\nexcept OSError as e:\n    sys.exit(e.strerror or str(e))\n"
+)
+
+
+async def probe_bind(qmp: Path, uri: str) -> None:
+    """Refuse, before anything changes, a URI that the destination cannot bind: a QEMU
+    whose migrate-incoming failed cannot try again. The bind is tried in the destination
+    QEMU's own network namespace (its PID from the QMP socket's peer credentials)."""
+    _, host, port = uri.rsplit(":", 2) if uri.count(":") >= 2 else ("", "", "0")
+    pid = peer_pid(qmp)
+    argv = ["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-c", _BIND, host, port]
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, stderr=asyncio.subprocess.PIPE)
+    except FileNotFoundError:
+        log.info("nsenter not found: the destination's bind is not checked in advance")
+        return
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        why = err.decode(errors="replace").strip().splitlines()[-1:] or ["cannot bind"]
+        raise UsageError(f"the destination cannot listen on {uri}: {why[0]}")
 
 
 def check_pair(src: QemuView, dst: QemuView) -> None:
@@ -154,10 +188,6 @@ class PairMigration:
 
     async def _connect(self, path: Path, side: str) -> Monitor:
         flag = f"--{side}-qmp"
-        if not path.exists():
-            raise UsageError(f"{flag} {path}: no such socket")
-        if not path.is_socket():
-            raise UsageError(f"{flag} {path}: not a UNIX socket")
         mon = Monitor(self.pair.name or side, side, path, self.log.getChild(side))
         try:
             await mon.connect(timeout=3.0)
@@ -199,6 +229,7 @@ class PairMigration:
             src, dst = await asyncio.gather(inspect(src_mon), inspect(dst_mon))
             if not attach:
                 check_pair(src, dst)
+                await probe_bind(self.pair.dst_qmp, self.pair.uri)
             self.name = self._name(src)
             self.log = log.getChild(self.name)
             if self.pair.src_heartbeat is not None and self.pair.dst_heartbeat is not None:
@@ -240,10 +271,9 @@ class PairMigration:
         return report
 
     def _finish(self, report: MigrationReport, readers: list[HeartbeatReader], t0: float) -> None:
-        if readers:
-            report.guest = guest_stats([b for r in readers for b in r.beats], start_ts=t0).to_dict()
-        else:
-            report.guest = {"heartbeat": None, "note": "unknown: no --src-heartbeat/--dst-heartbeat given"}
+        report.guest = guest_view(readers, t0)
+        if not readers:
+            report.guest["note"] = "unknown: no --src-heartbeat/--dst-heartbeat given"
         rate = self.options.max_bandwidth
         report.set_bound(rate)
         src, dst = self.pair.src_qmp, self.pair.dst_qmp

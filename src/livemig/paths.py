@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from livemig.errors import EnvironmentProblem
+
 __all__ = ["cache_dir", "ensure_private_dir", "runtime_dir"]
 
 
@@ -36,8 +38,6 @@ def ensure_private_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.stat()
     if st.st_uid != os.geteuid():
-        from livemig.errors import EnvironmentProblem
-
         raise EnvironmentProblem(f"{path} belongs to uid {st.st_uid}, not to you; refusing to use it")
     if st.st_mode & 0o077:
         path.chmod(0o700)

@@ -34,6 +34,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Final
 
+import tomli_w
+
 from livemig.errors import SpecError
 from livemig.guest.workload import parse_workload
 from livemig.spec import Disk, Nic, VMSpec, parse_size_mib
@@ -154,8 +156,6 @@ def load_spec(path: Path) -> VMSpec:
 
 def spec_to_toml(spec: VMSpec) -> str:
     """The TOML that reproduces ``spec`` (``parse_spec(spec_to_toml(s)) == s``)."""
-    import tomli_w
-
     doc: dict[str, Any] = {
         "name": spec.name,
         "memory": f"{spec.memory_mib}M",

@@ -233,9 +233,16 @@ def test_pair_bad_input_is_refused_and_changes_nothing(
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(not_qmp))
     listener.listen()
-    threading.Thread(target=lambda: listener.accept()[0].sendall(b"hello\n"), daemon=True).start()
+    conns: list[socket.socket] = []
+
+    def greet_wrongly() -> None:
+        conn, _ = listener.accept()
+        conns.append(conn)
+        conn.sendall(b"hello\n")
+
+    threading.Thread(target=greet_wrongly, daemon=True).start()
     cases = [
-        (["--src-qmp", str(not_qmp), "--dst-qmp", str(dst.qmp), "--uri", uri], ["not a QMP socket"]),
+        (["--src-qmp", str(not_qmp), "--dst-qmp", str(dst.qmp), "--uri", uri], ["no QMP greeting"]),
         (["--src-qmp", str(src.qmp), "--dst-qmp", str(src.qmp), "--uri", uri], ["same socket"]),
         (["--src-qmp", str(dst.qmp), "--dst-qmp", str(src.qmp), "--uri", uri], ["not waiting for an incoming"]),
         (["--src-qmp", str(src.qmp), "--dst-qmp", str(dst.qmp), "--uri", "tcp:127.0.0.1"], ["tcp:HOST:PORT"]),
@@ -252,6 +259,8 @@ def test_pair_bad_input_is_refused_and_changes_nothing(
         assert src.qmp_query("query-migrate").get("status") in (None, "none")
         assert not list((runtime / "vms").glob("*")) if (runtime / "vms").exists() else True
     listener.close()
+    for c in conns:
+        c.close()
     # a source already migrating is refused: start one migration to the waiting destination by hand
     good = livemig("migrate", *pair_args(src, dst, uri, "--policy", "precopy"), runtime=runtime)
     assert good.returncode == 0, good.stderr

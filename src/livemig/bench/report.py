@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from livemig.bench.scenarios import SCENARIOS
+
 __all__ = ["Summary", "load_results", "summarize", "targets", "write_report"]
 
 KEY_METRICS: dict[str, tuple[str, ...]] = {
@@ -100,8 +102,6 @@ def summarize(results: Iterable[dict[str, Any]]) -> list[Summary]:
     for r in results:
         cid = r["cell"]["id"]
         groups.setdefault(cid, Summary(r["cell"]["scenario"], cid, [])).runs.append(r)
-    from livemig.bench.scenarios import SCENARIOS
-
     known = [c.id for cells in SCENARIOS.values() for c in cells]
     order = list(KEY_METRICS)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from livemig.bench import SCENARIOS, cells_for, run_bench, write_report
+from livemig.bench.faults import FAULTS, run_faults, write_reliability
 from livemig.cli.render import err, out
 from livemig.errors import UsageError
 
@@ -74,8 +75,6 @@ def bench_report(results: Path, out_dir: Path | None, command: str, all_timeline
 )
 def bench_faults(trials: int, only: tuple[str, ...], out_dir: Path | None, doc: Path | None) -> None:
     """Fault injection: cut links and SIGKILLs in each phase; VMs lost, memory, leftovers."""
-    from livemig.bench.faults import FAULTS, run_faults, write_reliability
-
     if trials < 1:
         raise UsageError(f"--trials {trials}: at least 1")
     faults = [f for f in FAULTS if not only or f.id in only]

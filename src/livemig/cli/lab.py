@@ -10,6 +10,7 @@ import click
 from rich.table import Table
 
 from livemig.cli.render import out
+from livemig.errors import LabError
 from livemig.lab import Lab, Shaping
 from livemig.registry import Registry
 from livemig.units import parse_duration_ms, parse_rate, parse_size_bytes
@@ -84,8 +85,6 @@ def lab_down() -> None:
         return
     on_lab = [r.name for r in reg.all() if r.host is not None and r.instance.alive()]
     if on_lab:
-        from livemig.errors import LabError
-
         raise LabError(f"VMs run on lab hosts ({', '.join(on_lab)}); stop them first (`livemig vm stop`)")
     removed = the_lab.down()
     out.print(f"lab down: removed {', '.join(removed) or 'nothing (already gone)'}")

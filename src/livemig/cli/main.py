@@ -16,6 +16,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from livemig.adopt import adopt_vm, adopted_launch
 from livemig.cli.bench import bench
 from livemig.cli.demo import demo
 from livemig.cli.lab import lab
@@ -29,6 +30,7 @@ from livemig.guest import build_image, parse_workload
 from livemig.job import MigrationJob
 from livemig.pair import PairMigration, QemuPair
 from livemig.policy import parse_policy
+from livemig.qemu.argv import InstancePaths
 from livemig.registry import Registry
 from livemig.spec import VMSpec, parse_size_mib
 from livemig.specfile import load_spec, spec_to_toml
@@ -222,9 +224,6 @@ def adopt(
     and records the VM; refuses (saying why) what cannot be recreated: fd-passed devices,
     vhost-user, VFIO, local-only disks. Nothing in the running VM changes.
     """
-    from livemig.adopt import adopt_vm, adopted_launch
-    from livemig.qemu.argv import InstancePaths
-
     rec = adopt_vm(name, qmp, pid=pid, heartbeat=heartbeat, registry=_registry(ctx))
     paths = InstancePaths(rec.instance.dir.parent / f"{name}-DEST")
     argv, taps, _ = adopted_launch(rec)(paths, "DEST0000")

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import logging
+import lzma
 import os
 import re
 import shutil
@@ -141,8 +142,6 @@ def _copy_modules(kernel: Path, dest: Path) -> None:
         if not found:
             raise EnvironmentProblem(f"the guest kernel has no module {name}.ko under {mods}")
         if found[0].suffix == ".xz":
-            import lzma
-
             (dest / f"{name}.ko").write_bytes(lzma.decompress(found[0].read_bytes()))
         else:
             shutil.copy2(found[0], dest / f"{name}.ko")

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Beat", "GuestStats", "HeartbeatReader", "guest_stats", "parse_line", "read_beats", "write_beats"]
+__all__ = [
+    "Beat", "GuestStats", "HeartbeatReader", "guest_stats", "guest_view", "parse_line", "read_beats", "write_beats",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,14 @@ def guest_stats(
         max_guest_gap_ms=round(max_guest, 3),
         stalls=tuple(stalls),
     )
+
+
+def guest_view(readers: list[HeartbeatReader], start_ts: float) -> dict[str, Any]:
+    """The report's ``guest``: the stall arithmetic over every reader's beats since
+    ``start_ts``, or ``{"heartbeat": None}`` when the guest writes none."""
+    if not readers:
+        return {"heartbeat": None}
+    return guest_stats([b for r in readers for b in r.beats], start_ts=start_ts).to_dict()
 
 
 def write_beats(path: Path, beats: Iterable[Beat], start_ts: float) -> None:

@@ -14,9 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from livemig.errors import EnvironmentProblem, SpecError
+from livemig.errors import EnvironmentProblem, LivemigError, SpecError
 from livemig.paths import cache_dir
 from livemig.qemu.binary import QemuBinary
+from livemig.qemu.instance import QemuInstance
 from livemig.spec import VMSpec
 
 __all__ = ["kvm_verdict", "resolve_accel"]
@@ -32,13 +33,11 @@ def _cache_key(qemu: QemuBinary) -> str:
 def _probe_kvm(qemu: QemuBinary, spec: VMSpec) -> tuple[bool, str]:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is missing or not accessible"
-    from livemig.qemu.instance import QemuInstance
-
     with tempfile.TemporaryDirectory(prefix="lmkvm") as tmp:
         probe = spec.with_changes(name="kvm-probe", memory_mib=128, vcpus=1)
         try:
             inst = QemuInstance.spawn(qemu, probe, "kvm", Path(tmp))
-        except Exception as exc:
+        except (LivemigError, OSError) as exc:
             return False, f"QEMU would not start with KVM: {exc}"
         try:
             deadline = time.monotonic() + PROBE_TIMEOUT_S
