@@ -32,7 +32,8 @@ def test_qemu_version_gate() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["livemig", "livemig.core", "livemig.qemu", "livemig.observe", "livemig.guest", "livemig.errors",
+    ["livemig", "livemig.core", "livemig.core.backend", "livemig.backends.qemu", "livemig.pair", "livemig.qemu",
+     "livemig.observe", "livemig.guest", "livemig.errors",
      "livemig.policy", "livemig.sync", "livemig.spec"],
 )  # fmt: skip
 def test_all_is_curated(module: str) -> None:
