@@ -10,13 +10,14 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from livemig.adopt import adopted_launch, after_migration
 from livemig.backends.qemu import Endpoint, QemuBackend
 from livemig.control import ControlServer
+from livemig.core.bus import EventBus
 from livemig.core.events import MigrationEvent
 from livemig.core.migration import Migration
 from livemig.core.options import MigrationOptions
@@ -38,7 +39,7 @@ from livemig.policy import parse_policy
 from livemig.qemu.binary import find_qemu
 from livemig.qemu.instance import QemuInstance
 from livemig.qemu.monitor import Monitor
-from livemig.registry import MigrationRecord, Registry, VMRecord, pid_alive
+from livemig.registry import MigrationRecord, Registry, VMRecord, pid_alive, split_where
 from livemig.storage import DiskRef, check_disks, spec_disks
 
 __all__ = ["MigrationJob"]
@@ -61,8 +62,10 @@ class MigrationJob:
         to_host: str | None = None,
         control: bool = True,
         heartbeat_log: Path | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.name = name
+        self.log = log.getChild(name)
         self.options = options or MigrationOptions()
         self.registry = registry or Registry()
         self.to_host = to_host
@@ -71,19 +74,18 @@ class MigrationJob:
         self.migration: Migration | None = None
         self.report: MigrationReport | None = None
         self._ready = asyncio.Event()
-        self._callbacks: list[Callable[[MigrationEvent], None]] = []
+        self.bus = bus or EventBus(self.log)  # the migration's events, subscribable before it starts
         self._pending: set[asyncio.Task[None]] = set()  # fire-and-forget sends to the guest
-        self.log = log.getChild(name)
 
     def __repr__(self) -> str:
         state = self.migration.state if self.migration else "not started"
         return f"<MigrationJob {self.name} {state} policy={self.options.policy}>"
 
-    def on_event(self, callback: Callable[[MigrationEvent], None]) -> None:
-        if self.migration is not None:
-            self.migration.on_event(callback)
-        else:
-            self._callbacks.append(callback)
+    def on_event(
+        self, callback: Callable[[MigrationEvent], None], names: Iterable[str] | None = None
+    ) -> None:
+        """Call ``callback(event)`` for every event (named ``names``), in the loop's thread."""
+        self.bus.on(callback, names)
 
     async def _migration(self, timeout: float = 60.0) -> Migration:
         try:
@@ -240,9 +242,7 @@ class MigrationJob:
             Endpoint("src", src_mon, version, rec.instance.accel),
             Endpoint("dst", dst_mon, version, dst_inst.accel),
         )
-        mig = Migration(backend, self.options)
-        for cb in self._callbacks:
-            mig.on_event(cb)
+        mig = Migration(backend, self.options, self.bus)
         if rec.spec.workload.mode == "faultprobe" and readers:
             mig.bus.on(lambda _ev: self._probe_go(readers[1]), names=["destination-resumed"])
         mig.on_event(lambda _ev: self._record_state(rec, mig))
@@ -381,9 +381,8 @@ class MigrationJob:
                     "holds a stale, stopped copy (kept for inspection)"
                 )
             else:
-                report.where = (
-                    f"split: destination pid {dst.pid} holds the vCPUs, source pid {rec.instance.pid} "
-                    f"the pages not yet sent; both are paused. Resume with `livemig recover {self.name}`"
+                report.where = split_where(
+                    self.name, f"destination pid {dst.pid}", f"source pid {rec.instance.pid}"
                 )
         self.registry.save(rec)
 

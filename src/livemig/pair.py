@@ -18,13 +18,15 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from livemig.adopt import peer_pid
 from livemig.backends.qemu import Endpoint, QemuBackend
 from livemig.control import ControlServer, request
+from livemig.core.bus import EventBus
+from livemig.core.events import MigrationEvent
 from livemig.core.migration import Migration
 from livemig.core.options import MigrationOptions
 from livemig.core.report import MigrationReport
@@ -172,19 +174,16 @@ class PairMigration:
         self.name = pair.name or "?"
         self.migration: Migration | None = None
         self.report: MigrationReport | None = None
-        self._callbacks: list[Any] = []
+        self.bus = EventBus(log)  # the migration's events, subscribable before it starts
         self.log = log
 
     def __repr__(self) -> str:
         state = self.migration.state if self.migration else "not started"
         return f"<PairMigration {self.name} {state} {self.pair.src_qmp} -> {self.pair.dst_qmp}>"
 
-    def on_event(self, callback: Any) -> None:
+    def on_event(self, callback: Callable[[MigrationEvent], None]) -> None:
         """Call ``callback(event)`` for every event (in the event loop's thread)."""
-        if self.migration is not None:
-            self.migration.on_event(callback)
-        else:
-            self._callbacks.append(callback)
+        self.bus.on(callback)
 
     async def _connect(self, path: Path, side: str) -> Monitor:
         flag = f"--{side}-qmp"
@@ -245,9 +244,7 @@ class PairMigration:
                 Endpoint("dst", dst_mon, dst.version, dst.accel), uri=self.pair.uri,
             )  # fmt: skip
             host = self.pair.uri.split(":")[1].strip("[]")
-            mig = Migration(backend, replace(self.options, address=host, port=0))
-            for cb in self._callbacks:
-                mig.on_event(cb)
+            mig = Migration(backend, replace(self.options, address=host, port=0), self.bus)
             self.migration = mig
             if self.control:
                 server = ControlServer(

@@ -18,10 +18,15 @@ from livemig.paths import ensure_private_dir, runtime_dir
 from livemig.qemu.instance import QemuInstance
 from livemig.spec import VMSpec, is_vm_name
 
-__all__ = ["ENDED", "AdoptedRecord", "MigrationRecord", "Registry", "VMRecord", "pid_alive"]
+__all__ = ["ENDED", "AdoptedRecord", "MigrationRecord", "Registry", "VMRecord", "pid_alive", "split_where"]
 
 ENDED: Final = frozenset({"completed", "failed", "cancelled"})  # a migration's final states
 SPLIT: Final = frozenset({"postcopy", "postcopy-paused"})  # the VM's memory on both hosts
+
+
+def split_where(name: str, vcpus: str, pages: str) -> str:
+    """Where a VM split by post-copy trouble is, and how to resume it (one sentence)."""
+    return f"split: vCPUs on {vcpus}, unsent pages on {pages}; `livemig recover {name}` resumes it"
 
 
 @dataclass
@@ -139,7 +144,7 @@ class VMRecord:
             return here
         dst = f"{mig.to_host or 'local'} (pid {mig.dst.pid})"
         if mig.split:
-            return f"split: vCPUs on {dst}, unsent pages on {here}; `livemig recover {self.name}` resumes it"
+            return split_where(self.name, dst, here)
         return f"{here}, migrating to {dst}; `livemig migrate --attach {self.name}` if its livemig died"
 
     def to_dict(self) -> dict[str, Any]:

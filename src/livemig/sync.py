@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
+from livemig.core.bus import EventBus
 from livemig.core.events import MigrationEvent
 from livemig.core.options import MigrationOptions
 from livemig.core.report import MigrationReport
@@ -142,7 +143,7 @@ class SyncMigration:
         self._job_ready = threading.Event()
         self._job: MigrationJob | None = None
         self._args = (name, opts, registry, to_host)
-        self._callbacks: list[tuple[str | None, Callable[[MigrationEvent], None]]] = []
+        self.bus = EventBus()  # callbacks registered before migrate() are kept
         self.report: MigrationReport | None = None
 
     def __repr__(self) -> str:
@@ -156,18 +157,11 @@ class SyncMigration:
     def on(self, name: str | None, callback: Callable[[MigrationEvent], None]) -> None:
         """Call ``callback(event)`` for events named ``name`` (None: all). Callbacks run in
         the portal's thread; they must not block, nor call this object's blocking methods."""
-        self._callbacks.append((name, callback))
-
-    def _dispatch(self, ev: MigrationEvent) -> None:
-        for name, cb in self._callbacks:
-            if name is None or name == ev.name:
-                cb(ev)
+        self.bus.on(callback, None if name is None else [name])
 
     async def _make_job(self) -> MigrationJob:
         name, opts, registry, to_host = self._args
-        job = MigrationJob(name, opts, registry, to_host)
-        job.on_event(self._dispatch)
-        return job
+        return MigrationJob(name, opts, registry, to_host, bus=self.bus)
 
     def migrate(self) -> MigrationReport:
         """Run the migration; blocks until it ends. Returns (and keeps) the report."""

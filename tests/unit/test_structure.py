@@ -82,4 +82,7 @@ def test_long_modules_say_why(name: str) -> None:
 def test_the_core_imports_no_backend_and_no_qmp(name: str) -> None:
     text = MODULES[name].read_text()
     for forbidden in ("livemig.backends", "livemig.qemu", "qemu.qmp", "livemig.job", "livemig.cli"):
-        assert forbidden not in imports(MODULES[name]) and f"import {forbidden}" not in text, (name, forbidden)
+        assert forbidden not in imports(MODULES[name]) and f"import {forbidden}" not in text, (
+            name,
+            forbidden,
+        )

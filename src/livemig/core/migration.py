@@ -87,13 +87,15 @@ class Migration:
     through :mod:`livemig.sync`). Events: :attr:`bus`.
     """
 
-    def __init__(self, backend: Backend, options: MigrationOptions | None = None) -> None:
+    def __init__(
+        self, backend: Backend, options: MigrationOptions | None = None, bus: EventBus | None = None
+    ) -> None:
         self.backend = backend
         self.options = options or MigrationOptions()
         self.policy = self.options.policy
         self.name = backend.name
         self.log = log.getChild(self.name)
-        self.bus = EventBus(self.log)
+        self.bus = bus or EventBus(self.log)  # a caller's bus keeps its callbacks from before the run
         self.negotiated: Negotiated | None = None
         self.recovery: RecoveryStats | None = None
         self._sm = StateMachine()

@@ -71,7 +71,9 @@ class QemuInstance:
     def __repr__(self) -> str:
         role = "incoming" if self.incoming else "running"
         where = f" netns={self.netns}" if self.netns else ""
-        return f"<QemuInstance {self.name} id={self.id} pid={self.pid} {role} {self.accel}{where} alive={self.alive()}>"
+        # no alive() here: it reaps a child, and a repr has no side effects
+        ended = f" exited={self._returncode}" if self._returncode is not None else ""
+        return f"<QemuInstance {self.name} id={self.id} pid={self.pid} {role} {self.accel}{where}{ended}>"
 
     @property
     def paths(self) -> InstancePaths:
