@@ -192,7 +192,8 @@ class PairMigration:
             await mon.connect(timeout=3.0)
         except QemuDied as exc:
             raise UsageError(
-                f"{flag} {path}: not a QMP socket, or no QEMU answers there ({exc.__cause__})"
+                f"{flag} {path}: no QMP greeting (not a QMP socket, or another client holds it: "
+                "a QMP socket serves one client at a time)"
             ) from exc
         return mon
 
