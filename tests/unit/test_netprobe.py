@@ -20,6 +20,27 @@ def test_an_outage_shows_as_the_longest_gap_and_the_unanswered_probes() -> None:
     assert stats["rtt_p50_ms"] == 1.0
 
 
+def test_late_replies_cannot_hide_a_gap() -> None:
+    # From 0.1 s the guest is starved (post-copy faults): it answers its queue of probes
+    # one every 0.5 s, oldest first, until it catches up at 4.1 s. Replies never stop for
+    # more than ~0.5 s, but the probe sent at 0.135 s waited 3.965 s for any answer.
+    sent = [i * 0.005 for i in range(1000)]
+    recv = {i: t + 0.001 for i, t in enumerate(sent) if i < 20 or i >= 820}
+    recv |= {20 + m: 0.6 + 0.5 * m for m in range(7)}  # probes 20..26, slowly
+    recv |= {i: 4.1 + (i - 27) * 1e-5 for i in range(27, 820)}  # the rest in a burst
+    stats = network_stats(raw(sent, recv))
+    between = max(b - a for a, b in zip(sorted(recv.values()), sorted(recv.values())[1:], strict=False))
+    assert between < 0.51  # the gaps between replies alone hide it
+    assert stats["lost"] == 0
+    assert stats["max_gap_ms"] == 3965.0 and stats["max_gap_start_ts"] == 0.135
+
+
+def test_a_lost_probe_waits_for_the_next_answer() -> None:
+    sent = [0.0, 0.005, 0.010, 0.015]
+    stats = network_stats(raw(sent, {0: 0.001, 3: 0.016}))  # 1 and 2 never answered
+    assert stats["lost"] == 2 and stats["max_gap_ms"] == 15.0  # between replies, and probe 1's wait: 11 ms
+
+
 def test_late_replies_count_once_and_are_not_lost() -> None:
     stats = network_stats(raw([0.0, 0.005], {0: 0.5, 1: 0.501}) | {"recv": [(0, 0.5), (0, 0.6), (1, 0.501)]})
     assert stats["lost"] == 0 and stats["received"] == 2 and stats["rtt_max_ms"] == 500.0

@@ -1,10 +1,12 @@
 """Heartbeats: the guest writes ``SEQ MONOTONIC_NS`` lines on its heartbeat serial
 port; livemig reads them on the source and the destination.
 
-Stalls are measured on the **host's receive time** of each line: while a VM is
-stopped its clock may stop too, so the guest's own timestamps can under-count.
-The guest's gap is kept beside the host's: a host gap with no guest gap means
-the VM was stopped; a gap in both means the guest ran but was starved.
+A stall between two consecutive beats is the **larger of the host's gap and the
+guest's gap**. Neither alone is right: while a VM is stopped its clock stops too, so
+the guest's own timestamps under-count a blackout; and a beat written just before a
+stall can reach the host late (the serial port drains only while the vCPU runs),
+which splits the host's gap in two. Both gaps are kept: a host gap with no guest gap
+means the VM was stopped; a gap in both means the guest ran but was starved.
 """
 
 from __future__ import annotations
@@ -54,10 +56,16 @@ class Stall:
     host_ms: float
     guest_ms: float
 
+    @property
+    def ms(self) -> float:
+        """The stall: the larger of the host's and the guest's gap (see the module doc)."""
+        return max(self.host_ms, self.guest_ms)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "after_seq": self.after_seq,
             "start_ts": round(self.start_ts, 6),
+            "ms": round(self.ms, 3),
             "host_ms": round(self.host_ms, 3),
             "guest_ms": round(self.guest_ms, 3),
         }
@@ -113,9 +121,10 @@ def guest_stats(
     for a, b in itertools.pairwise(ordered):
         host_ms = (b.host_ts - a.host_ts) * 1000.0
         guest_ms = (b.guest_ns - a.guest_ns) / 1e6
-        max_host = max(max_host, host_ms)
+        stall_ms = max(host_ms, guest_ms)
+        max_host = max(max_host, stall_ms)
         max_guest = max(max_guest, guest_ms)
-        if host_ms > threshold_ms:
+        if stall_ms > threshold_ms:
             stalls.append(Stall(a.seq, a.host_ts, host_ms, guest_ms))
     return GuestStats(
         max_stall_ms=round(max_host, 3),

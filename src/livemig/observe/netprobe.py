@@ -26,8 +26,12 @@ log = logging.getLogger(__name__)
 def network_stats(raw: dict[str, Any], resumed_ts: float | None = None) -> dict[str, Any]:
     """``{sent, received, lost, max_gap_ms, ...}`` from the prober's raw times.
 
-    ``max_gap_ms`` is the longest time the client went without any reply (between
-    consecutive replies, by receive time); ``lost`` counts probes never answered.
+    ``max_gap_ms`` is the longest time the client went without a timely answer: the
+    larger of the longest gap between consecutive replies and the longest wait of a
+    probe, from its send time to the first reply (to it or to a later probe). A late
+    reply cannot hide a gap: probes sent during a 4 s pause and answered in a burst
+    afterwards each waited up to 4 s, though their replies arrive close together.
+    ``lost`` counts probes never answered.
     ``announce`` gives the first announce frame after ``resumed_ts`` (the destination's
     RESUME), so the report says when the destination announced the VM.
     """
@@ -36,7 +40,7 @@ def network_stats(raw: dict[str, Any], resumed_ts: float | None = None) -> dict[
     for s, t in raw.get("recv", []):
         recv.setdefault(int(s), float(t))
     times = sorted(recv.values())
-    gaps = [(b - a, a) for a, b in itertools.pairwise(times)]
+    gaps = [(b - a, a) for a, b in itertools.pairwise(times)] + _waits(sent, recv)
     gap, gap_at = max(gaps) if gaps else (None, None)
     rtts = sorted(recv[s] - sent[s] for s in recv if s in sent)
     out: dict[str, Any] = {
@@ -58,6 +62,19 @@ def network_stats(raw: dict[str, Any], resumed_ts: float | None = None) -> dict[
         "first_ms_after_resume": round((after[0] - resumed_ts) * 1000, 1) if after and resumed_ts else None,
         "first_ts": after[0] if after else None,
     }
+    return out
+
+
+def _waits(sent: dict[int, float], recv: dict[int, float]) -> list[tuple[float, float]]:
+    """(wait, send time) of every probe: from its send to the first reply to it or to a
+    later probe. Probes after the last answered one are left out (they are ``lost``)."""
+    out: list[tuple[float, float]] = []
+    first_reply: float | None = None  # the earliest reply among probes from this one on
+    for seq in sorted(sent, reverse=True):
+        if seq in recv:
+            first_reply = recv[seq] if first_reply is None else min(first_reply, recv[seq])
+        if first_reply is not None:
+            out.append((first_reply - sent[seq], sent[seq]))
     return out
 
 
