@@ -161,3 +161,31 @@ def test_verify_finds_memory_intact(vms: VMFactory, policy: str, workload: str) 
     report = SyncMigration("vm", options=opts(policy), registry=vms.registry, policy=policy).migrate()
     assert report.status == "completed", report.error
     assert report.guest.get("verify", "").startswith("verify ok"), report.guest
+
+
+def test_auto_on_a_converging_guest_stays_in_precopy_with_a_short_pause(vms: VMFactory) -> None:
+    src = vms.start(workload="dirty:mib=32,rate=4")
+    policy = "auto:max-pause=200ms"
+    o = MigrationOptions(policy=parse_policy(policy), max_bandwidth=25_000_000)
+    report = SyncMigration("vm", options=o, registry=vms.registry).migrate()
+    assert report.status == "completed", report.error
+    assert report.switched_at_pass is None, report.switch_reason
+    assert report.postcopy_bytes in (0, None)  # QEMU's own count: nothing moved after a switch
+    assert report.blackout_ms is not None and report.blackout_ms < 200, report.blackout_ms
+    levers = [d["downtime_limit_ms"] for d in report.decisions if d["downtime_limit_ms"]]
+    assert levers and levers[0] == 100, report.decisions  # half the target, set in the first pass
+    passes = [e["data"]["n"] for e in report.events if e["name"] == "pass"]
+    assert_runs_on_destination(vms, src.instance.pid, max(passes))
+
+
+def test_auto_on_a_nonconverging_guest_switches_and_completes(vms: VMFactory) -> None:
+    src = vms.start(workload=NONCONVERGING)
+    report = SyncMigration("vm", options=opts("auto"), registry=vms.registry).migrate()
+    assert report.status == "completed", report.error
+    assert report.switched_at_pass is not None and report.switched_at_pass >= 1
+    assert report.switch_reason and report.switch_reason.startswith("policy auto:")
+    assert report.postcopy_bytes and report.postcopy_bytes > 0  # QEMU's count of post-copy bytes
+    switch = next(d for d in report.decisions if d["action"] == "switch")
+    assert "MiB" in switch["reason"]  # the numbers that drove it
+    passes = [e["data"]["n"] for e in report.events if e["name"] == "pass"]
+    assert_runs_on_destination(vms, src.instance.pid, max(passes))

@@ -103,6 +103,9 @@ class DoubleBackend:
         await self.push(EventKind.STATUS, "dst", "postcopy-active")
         await self.push(EventKind.STATUS, "src", "postcopy-active")
 
+    async def tune(self, *, downtime_limit_ms: int | None = None) -> None:
+        self.commands.append(f"tune downtime={downtime_limit_ms}")
+
     async def progress(self, side: Side = "src") -> MigrationInfo:
         if not self.frozen:
             self.transferred += 1 << 20

@@ -167,6 +167,10 @@ class Backend(Protocol):
         """Reconnect both paused sides; confirmed by status events."""
         ...
 
+    async def tune(self, *, downtime_limit_ms: int | None = None) -> None:
+        """Change parameters while the migration runs (a policy's lever)."""
+        ...
+
     async def progress(self, side: Side = "src") -> MigrationInfo:
         """Progress figures (never used to detect a phase)."""
         ...

@@ -43,7 +43,8 @@ from livemig.errors import (
     UnsupportedError,
     UsageError,
 )
-from livemig.policy import Action, Decision, Progress
+from livemig.policy import Action, Decision, PassStat, Progress
+from livemig.policy.auto import QEMU_DEFAULT_LIMIT_MS
 
 __all__ = ["ATTACH_STATE", "Migration", "Sample"]
 
@@ -114,6 +115,8 @@ class Migration:
         self._failure: str | None = None
         self._failure_phase: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._pass_stats: list[PassStat] = []  # each pass's start figures (for adaptive policies)
+        self._limit_ms = self.options.downtime_limit_ms or QEMU_DEFAULT_LIMIT_MS
         self._migrate_issued = asyncio.Event()
         self._postcopy_requested = False
 
@@ -234,8 +237,11 @@ class Migration:
             self.bus.publish(published)
         if ev.kind is EventKind.STATUS and ev.status is not None:
             await self._on_status(ev)
-        elif ev.kind is EventKind.PASS and ev.side == "src":
-            self._evaluate(f"pass {ev.n}")
+        elif ev.kind is EventKind.PASS and ev.side == "src" and ev.n is not None:
+            if not self.policy.adaptive:  # an adaptive policy decides on the pass's figures
+                self._evaluate(f"pass {ev.n}")
+            if ev.n >= 2 and self.state in (S.SETUP, S.PRECOPY):
+                self._spawn(self._record_pass(ev.n), f"pass-{ev.n}")
         await self._notify()
 
     async def _on_status(self, ev: BackendEvent) -> None:
@@ -506,24 +512,59 @@ class Migration:
             transferred_bytes=last.transferred if last else None,
             dirty_rate_bps=last.dirty_rate_Bps if last else None,
             bandwidth_bps=last.mbps * 1e6 / 8 if last else None,
+            passes=tuple(self._pass_stats),
+            downtime_limit_ms=self._limit_ms,
+            expected_downtime_ms=last.expected_downtime_ms if last else None,
         )
+
+    async def _record_pass(self, n: int) -> None:
+        """The source's figures as pass ``n`` begins (what pass n-1 left dirty), then let an
+        adaptive policy decide on them."""
+        try:
+            info = await self.backend.progress()
+        except LivemigError as exc:
+            self.log.info("no figures for pass %d: %s", n, exc)
+            return
+        started = self._timing.migrate_ts or time.time()
+        self._pass_stats.append(
+            PassStat(
+                n,
+                time.time() - started,
+                info.remaining,
+                info.transferred,
+                info.dirty_rate_Bps,
+                info.mbps * 1e6 / 8,
+            )
+        )
+        if self.policy.adaptive:
+            self._evaluate(f"pass {n} figures")
 
     def _evaluate(self, trigger: str) -> None:
         if self.state not in (S.SETUP, S.PRECOPY) or self._postcopy_requested:
             return
         snap = self.snapshot()
         decision = self.policy.decide(snap)
-        if decision.action is Action.CONTINUE and trigger == "tick":
-            return  # ticks only matter when they change something (timeouts)
+        lever = decision.downtime_limit_ms
+        if decision.action is Action.CONTINUE and trigger == "tick" and lever is None:
+            return  # ticks only matter when they change something (timeouts, levers)
         self._decisions.append(
             {"trigger": trigger, "passes_done": snap.passes_done, "elapsed_s": round(snap.elapsed_s, 3),
-             "action": decision.action.value, "reason": decision.reason}
+             "action": decision.action.value, "reason": decision.reason, "downtime_limit_ms": lever}
         )  # fmt: skip
         self.log.info("policy %s at %s: %s", self.policy, trigger, decision)
+        if lever is not None and lever != self._limit_ms:
+            self._limit_ms = lever
+            self._spawn(self._tune(lever), "tune")
         if decision.action is Action.SWITCH:
             self._spawn(self._policy_switch(decision), "policy-switch")
         elif decision.action is Action.ABORT:
             self._spawn(self._abort_precopy(decision.reason, failure=False), "policy-abort")
+
+    async def _tune(self, downtime_limit_ms: int) -> None:
+        try:
+            await self.backend.tune(downtime_limit_ms=downtime_limit_ms)
+        except LivemigError as exc:
+            self.log.warning("could not set the downtime limit to %d ms: %s", downtime_limit_ms, exc)
 
     async def _policy_switch(self, decision: Decision) -> None:
         try:

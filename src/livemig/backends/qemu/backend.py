@@ -144,6 +144,11 @@ class QemuBackend:
         self.log.info("recovery: resuming over %s", uri)
         await self.src.monitor.execute("migrate", {"uri": uri, "resume": True})
 
+    async def tune(self, *, downtime_limit_ms: int | None = None) -> None:
+        params = {"downtime-limit": downtime_limit_ms} if downtime_limit_ms is not None else {}
+        if params:  # QEMU applies these live, at the next iteration
+            await self.src.monitor.execute("migrate-set-parameters", params)
+
     async def progress(self, side: Side = "src") -> MigrationInfo:
         return parse_migration_info(await self._ep(side).monitor.execute("query-migrate"))
 

@@ -1,0 +1,160 @@
+"""Switch-over policies: pure decisions over a frozen progress snapshot.
+
+A policy never does I/O. The engine calls :meth:`Policy.decide` with a
+:class:`Progress` whenever a pass ends (a pushed ``MIGRATION_PASS`` event) and
+on its progress ticks; every decision carries its reason, which is logged and
+reported. Policy strings (``--policy``):
+
+==================  ===========================================================
+``auto``            adaptive (see :mod:`livemig.policy.auto`); ``auto:max-pause=100ms,budget=120s``
+``precopy``         never switches; gives up after ``timeout`` seconds (default 120)
+``manual``          post-copy allowed, only when ``start_postcopy()`` is called
+``postcopy-now``    switches at once
+``postcopy-after:N`` switches after N completed pre-copy passes (N >= 1). Default: N = 1.
+==================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from livemig.errors import PolicyError
+from livemig.policy.auto import AutoParams, decide_auto
+from livemig.policy.snapshot import Action, Decision, PassStat, Progress
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "KINDS",
+    "Action",
+    "AutoParams",
+    "Decision",
+    "PassStat",
+    "Policy",
+    "Progress",
+    "parse_policy",
+]
+
+
+KINDS: Final = ("precopy", "manual", "postcopy-now", "postcopy-after", "auto")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A parsed policy. ``kind`` is one of :data:`KINDS`; ``n`` is the pass count of postcopy-after."""
+
+    kind: str
+    n: int = 0
+    timeout_s: float = 120.0
+    auto: AutoParams | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "postcopy-after":
+            return f"postcopy-after:{self.n}"
+        if self.kind == "auto" and self.auto is not None and self.auto != AutoParams():
+            return f"auto:max-pause={self.auto.max_pause_ms:g}ms,budget={self.auto.budget_s:g}s"
+        return self.kind
+
+    @property
+    def adaptive(self) -> bool:
+        """Decides on each pass's figures (and moves levers), not only on pass counts."""
+        return self.kind == "auto"
+
+    @property
+    def allows_postcopy(self) -> bool:
+        return self.kind != "precopy"
+
+    def decide(self, p: Progress) -> Decision:
+        if self.kind == "auto":
+            return decide_auto(p, self.auto or AutoParams())
+        if self.kind == "precopy":
+            return self._precopy(p)
+        if self.kind == "manual":
+            return Decision(Action.CONTINUE, "manual: waiting for start_postcopy()")
+        if self.kind == "postcopy-now":
+            return Decision(Action.SWITCH, "postcopy-now: switch at once")
+        if p.passes_done >= self.n:
+            return Decision(
+                Action.SWITCH, f"{p.passes_done} pre-copy pass(es) done, policy asks for {self.n}"
+            )
+        return Decision(Action.CONTINUE, f"{p.passes_done} of {self.n} pre-copy pass(es) done")
+
+    def _precopy(self, p: Progress) -> Decision:
+        if p.elapsed_s >= self.timeout_s:
+            return Decision(
+                Action.ABORT,
+                f"pre-copy has not converged after {p.elapsed_s:.1f}s "
+                f"(limit {self.timeout_s:g}s); the VM stays on the source",
+            )
+        return Decision(Action.CONTINUE, "pre-copy only; waiting for convergence")
+
+
+DEFAULT_POLICY: Final = Policy("postcopy-after", 1)
+_AFTER_RE: Final = re.compile(r"^postcopy-after(?::(.*))?$")
+_PRECOPY_RE: Final = re.compile(r"^precopy(?::timeout=(.*))?$")
+
+
+_AUTO_KEYS: Final = {"max-pause": "the pause target (100ms, 0.2s)", "budget": "the time budget (120s, 2m)"}
+
+
+def _auto(text: str, raw: str) -> Policy:
+    values: dict[str, float] = {}
+    for item in filter(None, raw.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PolicyError(text, f"{item!r}: expected KEY=VALUE, as in auto:max-pause=100ms")
+        if key not in _AUTO_KEYS:
+            raise PolicyError(text, f"unknown auto setting {key!r}; auto takes {', '.join(_AUTO_KEYS)}")
+        try:
+            values[key] = _seconds(value) * (1000.0 if key == "max-pause" else 1.0)
+        except ValueError:
+            raise PolicyError(text, f"{key}={value!r}: expected {_AUTO_KEYS[key]}") from None
+    pause = values.get("max-pause", AutoParams.max_pause_ms)
+    budget = values.get("budget", AutoParams.budget_s)
+    if not 10 <= pause <= 10_000:
+        raise PolicyError(text, "max-pause must be between 10ms and 10s")
+    if not 1 <= budget <= 86400:
+        raise PolicyError(text, "budget must be between 1s and 24h")
+    return Policy("auto", auto=AutoParams(pause, budget))
+
+
+def _seconds(value: str) -> float:
+    """Seconds from 100ms, 2s, 2m, 1h (a plain number is seconds); ValueError if not."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*", value)
+    if m is None:
+        raise ValueError(value)
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
+    return float(m.group(1)) * scale
+
+
+def parse_policy(text: str) -> Policy:
+    """Parse a policy string (see the module docstring)."""
+    t = text.strip()
+    if t == "auto" or t.startswith("auto:"):
+        return _auto(text, t[5:])
+    if t in ("manual", "postcopy-now"):
+        return Policy(t)
+    m = _PRECOPY_RE.match(t)
+    if m:
+        if m.group(1) is None:
+            return Policy("precopy")
+        try:
+            timeout = float(m.group(1))
+        except ValueError:
+            raise PolicyError(text, "timeout must be a number of seconds") from None
+        if not 1 <= timeout <= 86400:
+            raise PolicyError(text, "timeout must be between 1 and 86400 seconds")
+        return Policy("precopy", timeout_s=timeout)
+    m = _AFTER_RE.match(t)
+    if m:
+        raw = m.group(1)
+        if raw is None:
+            return DEFAULT_POLICY
+        if not raw.isdigit():
+            raise PolicyError(text, "N must be a whole number >= 1, as in postcopy-after:1")
+        n = int(raw)
+        if not 1 <= n <= 1000:
+            raise PolicyError(text, "N must be between 1 and 1000 (use postcopy-now for 0)")
+        return Policy("postcopy-after", n)
+    raise PolicyError(text, "unknown; choose auto, precopy, manual, postcopy-now or postcopy-after:N")
