@@ -24,6 +24,13 @@ KEY_METRICS: dict[str, tuple[str, ...]] = {
     "faults": ("fault_mean_ms", "fault_p99_ms", "postcopy_requests", "postcopy_blocktime_ms"),
     "events": ("event_latency_median_ms", "event_latency_max_ms", "poll_latency_mean_ms"),
 }
+FAMILY_METRICS: tuple[str, ...] = (
+    "max_stall_ms", "stalls_over_100ms", "blackout_ms", "total_time_ms", "bytes_transferred", "switched_at_pass",
+)  # fmt: skip
+
+
+def metrics_for(scenario: str) -> tuple[str, ...]:
+    return FAMILY_METRICS if scenario.startswith("policies-") else KEY_METRICS.get(scenario, ())
 
 
 TCG_NOTES: tuple[str, ...] = (
@@ -74,16 +81,19 @@ class Summary:
     cell: str
     runs: list[dict[str, Any]]
 
-    def values(self, metric: str) -> list[float]:
+    def values(self, metric: str, completed_only: bool = False) -> list[float]:
         out = []
         for r in self.runs:
-            for m in r["metrics"]:
-                if m["name"] == metric and m["value"] is not None:
-                    out.append(float(m["value"]))
+            ms = {m["name"]: m["value"] for m in r["metrics"]}
+            if completed_only and not ms.get("completed"):
+                continue
+            if ms.get(metric) is not None:
+                out.append(float(ms[metric]))
         return out
 
-    def stat(self, metric: str) -> Stat | None:
-        vs = self.values(metric)
+    def stat(self, metric: str, completed_only: bool = False) -> Stat | None:
+        """Median, min and max over the runs (``completed_only``: those that completed)."""
+        vs = self.values(metric, completed_only)
         if not vs:
             return None
         return Stat(len(vs), statistics.median(vs), min(vs), max(vs))
@@ -121,6 +131,60 @@ def _by_cell(summaries: list[Summary]) -> dict[str, Summary]:
     return {s.cell: s for s in summaries}
 
 
+def _target(name: str, goal: str, measured: str, met: bool | None) -> dict[str, Any]:
+    return {"target": name, "goal": goal, "measured": measured, "met": met}
+
+
+def _best(cells: list[Summary], metric: str) -> tuple[Summary, Stat] | None:
+    """The cell with the lowest median of ``metric`` (completed runs), and that median."""
+    ranked = [(s, st) for s in cells if (st := s.stat(metric, True)) is not None]
+    return min(ranked, key=lambda x: x[1].median) if ranked else None
+
+
+def _auto_vs_fixed(scenario: str, cells: list[Summary]) -> list[dict[str, Any]]:
+    """auto against the fixed policies of one workload and link (medians of completed runs)."""
+    auto = next((s for s in cells if s.cell.endswith("/auto")), None)
+    fixed = [s for s in cells if s is not auto and s.runs and s.completed == len(s.runs)]
+    if auto is None or not fixed:
+        return []
+    out = [_target(scenario, "auto completes every run", f"{auto.completed} of {len(auto.runs)}",
+                   auto.completed == len(auto.runs))]  # fmt: skip
+    for metric, factor, what in (("max_stall_ms", 1.1, "the best fixed policy's"),
+                                 ("total_time_ms", 1.25, "the fastest completing policy's")):  # fmt: skip
+        mine, best = auto.stat(metric, True), _best(fixed, metric)
+        if mine and best:
+            cell, b = best
+            out.append(_target(scenario, f"auto {metric} <= {factor}x {what}",
+                               f"{mine.median:.0f} ms vs {b.median:.0f} ms ({cell.cell.split('/')[-1]})",
+                               mine.median <= factor * b.median))  # fmt: skip
+    return out
+
+
+def auto_targets(summaries: list[Summary]) -> list[dict[str, Any]]:
+    """issue 11's targets for the policies family, per workload and link."""
+    by: dict[str, list[Summary]] = defaultdict(list)
+    for s in summaries:
+        if s.scenario.startswith("policies-"):
+            by[s.scenario].append(s)
+    out = [t for scenario, cells in by.items() for t in _auto_vs_fixed(scenario, cells)]
+    c = _by_cell(summaries)
+    auto, after = c.get("policies-dirtier/auto"), c.get("policies-dirtier/postcopy-after:1")
+    sa, sp = (
+        (auto.stat("max_stall_ms", True) if auto else None),
+        (after.stat("max_stall_ms", True) if after else None),
+    )
+    if sa and sp:
+        out.append(_target("policies-dirtier", "auto max_stall_ms <= 1/4 of postcopy-after:1's",
+                           f"{sa.median:.0f} ms vs {sp.median:.0f} ms", sa.median * 4 <= sp.median))  # fmt: skip
+    stream = c.get("policies-stream/auto")
+    st = stream.stat("max_stall_ms", True) if stream else None
+    if st:
+        out.append(
+            _target("policies-stream", "auto max_stall_ms <= 500 ms", f"{st.median:.0f} ms", st.median <= 500)
+        )
+    return out
+
+
 def targets(summaries: list[Summary]) -> list[dict[str, Any]]:
     """The mission's targets, each with the measured figures and met/not met (None: not measured)."""
     c = _by_cell(summaries)
@@ -130,7 +194,10 @@ def targets(summaries: list[Summary]) -> list[dict[str, Any]]:
         out.append({"target": name, "goal": target, "measured": measured, "met": met})
 
     now, after = c.get("stream/postcopy-now"), c.get("stream/postcopy-after:1")
-    sn, sa = (now.stat("max_stall_ms") if now else None), (after.stat("max_stall_ms") if after else None)
+    sn, sa = (
+        (now.stat("max_stall_ms", True) if now else None),
+        (after.stat("max_stall_ms", True) if after else None),
+    )
     if sn and sa:
         add("stream", "postcopy-after:1 median max_stall_ms <= 1/3 of postcopy-now's",
             f"{sa.median:.0f} ms vs {sn.median:.0f} ms ({sn.median / sa.median:.2f}x)", sa.median * 3 <= sn.median)  # fmt: skip
@@ -153,9 +220,10 @@ def targets(summaries: list[Summary]) -> list[dict[str, Any]]:
     else:
         add("events", "pushed p99 <= 1 ms; 50 ms polling ~25 ms mean", "not measured", None)
 
+    out += auto_targets(summaries)
     for s in summaries:
         if s.scenario in ("idle", "converge"):
-            st = s.stat("time_vs_bound")
+            st = s.stat("time_vs_bound", True)
             add(s.cell, "total time <= 1.15x the physical bound",
                 f"{st} x" if st else "not measured", st.median <= 1.15 if st else None)  # fmt: skip
 
@@ -190,7 +258,7 @@ def _plt() -> Any:
 
 def plot_scenario(summaries: list[Summary], scenario: str, path: Path) -> Path | None:
     cells = [s for s in summaries if s.scenario == scenario]
-    metrics = [m for m in KEY_METRICS.get(scenario, ()) if any(s.values(m) for s in cells)]
+    metrics = [m for m in metrics_for(scenario) if any(s.values(m) for s in cells)]
     if not cells or not metrics:
         return None
     plt = _plt()
@@ -283,7 +351,7 @@ def write_report(results_dir: Path, out_dir: Path, command: str = "", all_timeli
     for s in summaries:
         by_scenario[s.scenario].append(s)
     for scenario, cells in by_scenario.items():
-        metrics = KEY_METRICS.get(scenario, ())
+        metrics = metrics_for(scenario)
         lines += [f"## {scenario}", ""]
         c0 = cells[0].runs[0]["cell"]
         lines += [f"Workload `{c0['workload']}` in {c0['memory_mib']} MiB, link {c0['bandwidth']}.", ""]

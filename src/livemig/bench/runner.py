@@ -153,7 +153,7 @@ def run_bench(
                     log.warning("%s repeat %d: %s", cell.id, r, exc)
                     result = {"cell": cell.to_dict(), "dimensions": {"cell": cell.id, "repeat": r},
                               "error": str(exc), "metrics": [_metric("completed", 0, "bool")]}  # fmt: skip
-                path = out_dir / f"{cell.id.replace('/', '__').replace(':', '')}__r{r}.json"
+                path = _result_path(out_dir, cell, r)
                 path.write_text(json.dumps(result, indent=1))
                 written.append(path)
                 say(f"      {_line(result)}")
@@ -164,6 +164,15 @@ def run_bench(
             lab.set_wmem_max("src", None)
             lab.shape(original)
     return written
+
+
+def _result_path(out_dir: Path, cell: Cell, repeat: int) -> Path:
+    """Where a run's JSON goes: runs of a bench done in parts into one folder add up (a
+    repeat number already taken there takes the next free one)."""
+    stem = cell.id.replace("/", "__").replace(":", "")
+    while (path := out_dir / f"{stem}__r{repeat}.json").exists():
+        repeat += 1
+    return path
 
 
 def _line(result: dict[str, Any]) -> str:

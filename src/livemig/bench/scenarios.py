@@ -60,6 +60,33 @@ def _faults() -> list[Cell]:
     return cells
 
 
+# The policies family: each workload with every fixed policy and auto, on two links.
+FAMILY_POLICIES: Final = (
+    "precopy:timeout=60",
+    "postcopy-now",
+    "postcopy-after:1",
+    "postcopy-after:2",
+    "auto",
+)
+FAMILY_WORKLOADS: Final[dict[str, tuple[str, int]]] = {
+    "idle": ("idle", 512),
+    "converge": ("dirty:mib=64,rate=5,pattern=seq", 512),  # about 0.2x the 200 mbit link
+    "dirtier": ("dirty:mib=128,rate=8,pattern=seq", 512),  # 8 MB/s into 128 MiB
+    "stream": ("stream:fps=30,kib=1024,ring=256", 512),  # the demo's: more than the link carries
+    "nonconverge": ("dirty:mib=128,pattern=random", 384),  # random writes above the link rate
+}
+FAMILY_LINKS: Final = ("200mbit", "1gbit")
+
+
+def _family() -> dict[str, list[Cell]]:
+    out: dict[str, list[Cell]] = {}
+    for name, (workload, mib) in FAMILY_WORKLOADS.items():
+        for link in FAMILY_LINKS:
+            scenario = f"policies-{name}" + ("" if link == LINK else f"-{link}")
+            out[scenario] = _policies(scenario, FAMILY_POLICIES, workload, memory_mib=mib, bandwidth=link)
+    return out
+
+
 SCENARIOS: Final[dict[str, list[Cell]]] = {
     # An idle 512 MiB guest: almost every page is zero; the bound is what must really move.
     "idle": _policies("idle", ("precopy", "postcopy-after:1", "postcopy-now"), "idle"),
@@ -87,11 +114,26 @@ SCENARIOS: Final[dict[str, list[Cell]]] = {
     "events": _policies(
         "events", ("postcopy-after:1",), "dirty:mib=64,pattern=seq", memory_mib=256, poll=True
     ),
+    **_family(),
 }
 
 
+def _select(name: str) -> list[Cell]:
+    """A scenario, a family of scenarios (``policies``: every ``policies-*``), a cell id
+    (``policies-dirtier/auto``) or the start of one (``policies-stream/postcopy``)."""
+    if name in SCENARIOS:
+        return SCENARIOS[name]
+    family = [c for s, cells in SCENARIOS.items() if s.startswith(f"{name}-") for c in cells]
+    if family:
+        return family
+    return [c for cells in SCENARIOS.values() for c in cells if c.id == name or c.id.startswith(name)]
+
+
 def cells_for(names: list[str] | tuple[str, ...]) -> list[Cell]:
-    unknown = [n for n in names if n not in SCENARIOS]
-    if unknown:
-        raise UsageError(f"unknown scenario {unknown[0]!r} (choose from {', '.join(SCENARIOS)})")
-    return [c for n in names for c in SCENARIOS[n]]
+    out: list[Cell] = []
+    for n in names:
+        cells = _select(n)
+        if not cells:
+            raise UsageError(f"no scenario or cell {n!r} (see `livemig bench list`)")
+        out += [c for c in cells if c not in out]
+    return out

@@ -1,0 +1,59 @@
+"""The bench's policies family: selecting parts of it, runs done in parts adding up in
+one folder, and auto's targets computed from completed runs only (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from livemig.bench.report import auto_targets, summarize
+from livemig.bench.runner import _result_path
+from livemig.bench.scenarios import FAMILY_POLICIES, SCENARIOS, cells_for
+from livemig.errors import UsageError
+
+
+def test_the_family_runs_in_parts() -> None:
+    family = cells_for(["policies"])
+    assert len(family) == len(FAMILY_POLICIES) * 5 * 2  # policies x workloads x links
+    assert {c.bandwidth for c in family} == {"200mbit", "1gbit"}
+    one = cells_for(["policies-stream"])
+    assert [c.id for c in one] == [f"policies-stream/{p}" for p in FAMILY_POLICIES]
+    assert [c.id for c in cells_for(["policies-dirtier/auto"])] == ["policies-dirtier/auto"]
+    assert len(cells_for(["policies-stream/postcopy"])) == 3  # now, after:1, after:2
+    assert cells_for(["idle"]) == SCENARIOS["idle"]
+    with pytest.raises(UsageError, match="no scenario or cell 'nosuch'"):
+        cells_for(["nosuch"])
+
+
+def test_parts_add_up_in_one_folder(tmp_path: Path) -> None:
+    cell = cells_for(["policies-dirtier/auto"])[0]
+    first = _result_path(tmp_path, cell, 1)
+    first.write_text("{}")
+    assert _result_path(tmp_path, cell, 1).name == "policies-dirtier__auto__r2.json"
+
+
+def run(cell: str, completed: bool, stall: float, total: float) -> dict[str, Any]:
+    scenario = cell.split("/", maxsplit=1)[0]
+    metrics = [{"name": "completed", "value": int(completed), "unit": "bool"},
+               {"name": "max_stall_ms", "value": stall, "unit": "ms"},
+               {"name": "total_time_ms", "value": total, "unit": "ms"}]  # fmt: skip
+    return {"cell": {"id": cell, "scenario": scenario}, "dimensions": {"cell": cell}, "metrics": metrics}
+
+
+def test_auto_targets_use_completed_runs_only() -> None:
+    s = "policies-converge"
+    results = [
+        run(f"{s}/precopy:timeout=60", True, 100, 20000),
+        run(f"{s}/postcopy-after:1", True, 500, 18000),
+        run(f"{s}/auto", True, 105, 21000),
+        run(f"{s}/auto", True, 108, 21000),
+        run(f"{s}/auto", False, 10, 1000),  # did not complete: must not flatter auto
+    ]
+    got = {t["goal"]: t for t in auto_targets(summarize(results))}
+    assert got["auto completes every run"]["met"] is False
+    stall = got["auto max_stall_ms <= 1.1x the best fixed policy's"]
+    assert stall["met"] is True and stall["measured"].startswith("106 ms vs 100 ms (precopy")
+    total = got["auto total_time_ms <= 1.25x the fastest completing policy's"]
+    assert total["met"] is True and "21000 ms vs 18000 ms" in total["measured"]
