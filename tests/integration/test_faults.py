@@ -48,25 +48,48 @@ def migrate_with(
     on: str,
     action: callable[[MigrationEvent], None],  # type: ignore[valid-type]
 ) -> SyncMigration:
+    """Migrate, running ``action`` in a thread at the first event named ``on``; the thread
+    is joined afterwards and whatever it raised is raised here."""
     mig = SyncMigration("vm", options=opts, registry=vms.registry, to_host="dst")
-    fired = threading.Event()
+    threads: list[threading.Thread] = []
+    errors: list[BaseException] = []
+
+    def guarded(ev: MigrationEvent) -> None:
+        try:
+            action(ev)  # type: ignore[misc]
+        except BaseException as exc:  # noqa: BLE001 (carried to the test's thread, raised there)
+            errors.append(exc)
 
     def once(ev: MigrationEvent) -> None:
-        if not fired.is_set():
-            fired.set()
-            threading.Thread(target=action, args=(ev,), daemon=True).start()
+        if not threads:
+            threads.append(threading.Thread(target=guarded, args=(ev,), daemon=True))
+            threads[0].start()
 
     mig.on(on, once)
     mig.migrate()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive(), "the fault's thread did not end"
+    if errors:
+        raise errors[0]
     return mig
 
 
-def cut_for(lab: Lab, host: str, after_s: float, outage_s: float) -> callable[[MigrationEvent], None]:  # type: ignore[valid-type]
+def cut_for(
+    lab: Lab, host: str, after_s: float, outage_s: float, times: dict[str, float] | None = None
+) -> callable[[MigrationEvent], None]:  # type: ignore[valid-type]
+    """Cut ``host``'s link ``after_s`` after the event, for ``outage_s``; the wall-clock
+    times of the cut and of the repair go into ``times``."""
+
     def act(_ev: MigrationEvent) -> None:
         time.sleep(after_s)
         lab.set_link(host, up=False)
+        if times is not None:
+            times["down"] = time.time()
         time.sleep(outage_s)
         lab.set_link(host, up=True)
+        if times is not None:
+            times["up"] = time.time()
 
     return act
 
@@ -94,10 +117,18 @@ def test_link_cut_in_precopy_fails_in_bounded_time_and_keeps_the_source(lab: Lab
 @pytest.mark.parametrize("outage_s", [2.0, 6.0])
 def test_link_cut_in_postcopy_recovers_with_memory_intact(lab: Lab, vms: VMFactory, outage_s: float) -> None:
     vms.start(workload="verify:mib=128,rate=2", host="src")
-    # Cut soon after the switch: post-copy of this guest lasts about 8 s on this link.
-    mig = migrate_with(vms, options("postcopy-now"), "postcopy-started", cut_for(lab, "dst", 0.3, outage_s))
+    # Cut 0.3 s after the switch, while post-copy still runs: it lasts about 8 s on this link.
+    # The stall timeout is 1.5 s (options()): a 2 s cut may end before livemig pauses (TCP
+    # retransmits carry the stream on), a 6 s cut is paused and recovered.
+    cut: dict[str, float] = {}
+    mig = migrate_with(
+        vms, options("postcopy-now"), "postcopy-started", cut_for(lab, "dst", 0.3, outage_s, cut)
+    )
     report = mig.report
     assert report is not None and report.status == "completed", report.error
+    completed = next(e for e in report.events if e["name"] == "completed")
+    assert "down" in cut and "up" in cut, "the cut did not happen"
+    assert cut["down"] < completed["qemu_ts"], "the migration completed before the link was cut"
     assert report.guest.get("verify", "").startswith("verify ok"), report.guest
     names = [e["name"] for e in report.events]
     if outage_s > 3:  # longer than the stall timeout: paused, then recovered

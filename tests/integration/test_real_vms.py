@@ -25,6 +25,8 @@ from .conftest import VMFactory, qemu_running
 from .test_cli import assert_one_line_error, livemig
 from .test_migration import beats_on
 
+pytestmark = [pytest.mark.integration, pytest.mark.lab]
+
 RATE = 50_000_000  # the lab link, bytes/s
 WORKLOAD = "dirty:mib=48,rate=8"  # MiB/s: pre-copy converges on the link, post-copy has pages to fetch
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from livemig.bench.faults import FAULTS, write_reliability
+from livemig.bench.faults import FAULTS, WHY_UNRECOVERABLE, write_reliability
 
 
 def test_the_matrix_covers_every_fault_in_every_phase() -> None:
@@ -36,4 +36,10 @@ def test_table_counts_and_flags_mismatches(tmp_path: Path) -> None:
     )
     assert "1/2 (**1 mismatches**) | 1 |" in rows["kill-dst/precopy"]
     assert "src: failed" in rows["kill-dst/precopy"]
-    assert "kill-src/postcopy" in text and "unrecoverable" not in rows["kill-dst/precopy"]
+    # the unrecoverable cases are listed with their reasons, and only those
+    section = text.split("## Unrecoverable cases, and why", 1)[1]
+    listed = {line.split("**")[1] for line in section.splitlines() if line.startswith("- **")}
+    assert listed == set(WHY_UNRECOVERABLE) and "kill-src/postcopy" in listed
+    assert "kill-dst/precopy" not in listed
+    for cid, why in WHY_UNRECOVERABLE.items():
+        assert f"- **{cid}**: {why}." in section

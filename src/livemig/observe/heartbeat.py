@@ -141,7 +141,14 @@ def guest_view(readers: list[HeartbeatReader], start_ts: float) -> dict[str, Any
     ``start_ts``, or ``{"heartbeat": None}`` when the guest writes none."""
     if not readers:
         return {"heartbeat": None}
-    return guest_stats([b for r in readers for b in r.beats], start_ts=start_ts).to_dict()
+    out = guest_stats([b for r in readers for b in r.beats], start_ts=start_ts).to_dict()
+    # each reader's span of sequence numbers: the guest's own counter, as each host read it
+    out["sides"] = {
+        r.side: {"beats": len(r.beats), "first_seq": r.beats[0].seq, "last_seq": r.beats[-1].seq}
+        for r in readers
+        if r.beats
+    }
+    return out
 
 
 def write_beats(path: Path, beats: Iterable[Beat], start_ts: float) -> None:
