@@ -151,3 +151,29 @@ def test_vm_lifecycle_commands(vms: VMFactory) -> None:
     assert not qemu_running(pid)
     assert json.loads(livemig("vm", "list", "--json", runtime=vms.runtime).stdout) == []
     assert no_qemu_dirs(vms.runtime)
+
+
+def test_plan_predicts_every_policy_and_leaves_the_vm_as_it_was(vms: VMFactory) -> None:
+    src = vms.start(workload="dirty:mib=32,rate=8")
+    proc = livemig("plan", "vm", "--bandwidth", "25M", "--seconds", "1", "--json", runtime=vms.runtime)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert [p["policy"] for p in plan["predictions"]] == [
+        "precopy", "postcopy-now", "postcopy-after:1", "postcopy-after:2", "auto",
+    ]  # fmt: skip
+    measured = plan["measured"]
+    assert measured["ram_bytes"] == 256 << 20  # QEMU's own figure for the guest's memory
+    assert measured["dirty_Bps"] > 0  # QEMU sampled a guest that writes 8 MB/s
+    assert plan["auto"] and plan["auto"][0].startswith("pass 1:")
+    # the VM is as it was: running, same QEMU, no migration recorded or under way in QEMU
+    rec = vms.record()
+    assert rec.instance.pid == src.instance.pid and qemu_running(src.instance.pid) and rec.migration is None
+    assert rec.status == "running"
+    assert len(list(vms.runtime.glob("qemu/*"))) == 1
+
+
+def test_plan_refusals(vms: VMFactory) -> None:
+    vms.start()
+    assert_one_line_error(livemig("plan", "nosuch", runtime=vms.runtime), 2, "no VM named")
+    assert_one_line_error(livemig("plan", "vm", "--to", "nosuch", runtime=vms.runtime), 2, "no such lab host")
+    assert_one_line_error(livemig("plan", "vm", "--seconds", "0", runtime=vms.runtime), 2)

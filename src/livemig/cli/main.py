@@ -16,7 +16,7 @@ from livemig.cli.bench import bench
 from livemig.cli.context import registry_of
 from livemig.cli.demo import demo
 from livemig.cli.lab import lab
-from livemig.cli.migrate import cancel, events, migrate, postcopy, recover
+from livemig.cli.migrate import cancel, events, migrate, plan, postcopy, recover
 from livemig.cli.render import out
 from livemig.errors import UsageError
 from livemig.guest import build_image, parse_workload
@@ -218,5 +218,5 @@ def adopt(
     )
 
 
-for _cmd in (migrate, recover, postcopy, cancel, events, demo, lab, bench):
+for _cmd in (migrate, recover, plan, postcopy, cancel, events, demo, lab, bench):
     cli.add_command(_cmd)

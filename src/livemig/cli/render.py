@@ -12,8 +12,9 @@ from rich.table import Table
 
 from livemig.core.events import MigrationEvent
 from livemig.core.report import MigrationReport
+from livemig.plan import Prediction
 
-__all__ = ["err", "fmt", "out", "print_event", "summary_table"]
+__all__ = ["err", "fmt", "out", "plan_table", "print_event", "summary_table"]
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
@@ -62,3 +63,12 @@ def fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.1f}"
     return str(v)
+
+
+def plan_table(predictions: list[Prediction]) -> Table:
+    table = Table("policy", "converges", "passes", "pause ms", "total s", "MiB sent", "note",
+                  caption="predicted from the measured dirty rate and the link's rate")  # fmt: skip
+    for p in predictions:
+        table.add_row(p.policy, "yes" if p.converges else "no", str(p.passes), fmt(p.pause_ms), fmt(p.total_s),
+                      fmt(p.bytes / 2**20 if p.bytes is not None else None), p.note)  # fmt: skip
+    return table

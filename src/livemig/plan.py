@@ -1,0 +1,160 @@
+"""``livemig plan``: a dry run. It measures the guest's dirty rate (QEMU's
+``calc-dirty-rate``, page-sampling mode: it reads page hashes and changes nothing) and
+takes the link's rate, then predicts per policy what a migration would cost, and what
+``auto`` would decide, by running the auto policy itself on the predicted passes.
+
+The model (pure, :func:`predict`): the first pass sends the guest's memory (``ram``, an
+upper bound: zero pages cost almost nothing); each later pass sends what the one before
+left dirty, ``dirty x pass time``, capped by the memory; pre-copy stops when what is left
+fits in the downtime limit at the link's rate. Post-copy's pause is a blackout of tens of
+ms; what the guest then stalls on page faults is not modelled yet (it depends on what the
+guest touches first), and the prediction says so rather than guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from livemig.errors import LivemigError, QMPCommandError, UsageError
+from livemig.policy import Action, AutoParams, PassStat, Progress
+from livemig.policy.auto import QEMU_DEFAULT_LIMIT_MS, decide_auto, initial_limit_ms
+from livemig.qemu.monitor import Monitor
+
+__all__ = ["Measurement", "Prediction", "measure_dirty_rate", "predict"]
+
+MAX_PASSES: Final = 60
+POLICIES: Final = ("precopy", "postcopy-now", "postcopy-after:1", "postcopy-after:2", "auto")
+MIB: Final = float(1 << 20)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    ram_bytes: int
+    dirty_Bps: float
+    link_Bps: float
+    link_source: str  # where the link's rate came from
+
+
+@dataclass(frozen=True)
+class Prediction:
+    policy: str
+    converges: bool
+    passes: int  # pre-copy passes before the stop (or the switch)
+    pause_ms: float | None  # the VM stopped: the stop-and-copy, or the switch's blackout
+    total_s: float | None
+    bytes: int | None
+    note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _passes(m: Measurement, limit_ms: float) -> list[tuple[float, float]]:
+    """(start time, bytes to send) of each pre-copy pass, until what is left fits in the
+    limit or it stops shrinking (at most MAX_PASSES)."""
+    out: list[tuple[float, float]] = []
+    t, left = 0.0, float(m.ram_bytes)
+    for _ in range(MAX_PASSES):
+        out.append((t, left))
+        if left <= m.link_Bps * limit_ms / 1000.0 and len(out) > 1:
+            break
+        took = left / m.link_Bps
+        nxt = min(float(m.ram_bytes), m.dirty_Bps * took)
+        t += took
+        if len(out) > 2 and nxt >= left:
+            break
+        left = nxt
+    return out
+
+
+def _precopy(m: Measurement, limit_ms: float, name: str) -> Prediction:
+    passes = _passes(m, limit_ms)
+    t_last, left = passes[-1]
+    fits = left <= m.link_Bps * limit_ms / 1000.0
+    sent = sum(b for _, b in passes)
+    if not fits:
+        return Prediction(name, False, len(passes), None, None, None,
+                          f"does not converge: {left / MIB:.1f} MiB stays dirty (dirty {m.dirty_Bps / MIB:.1f} MiB/s "
+                          f"vs link {m.link_Bps / MIB:.1f} MiB/s)")  # fmt: skip
+    pause = left / m.link_Bps * 1000.0
+    return Prediction(name, True, len(passes) - 1, round(pause, 1), round(t_last + left / m.link_Bps, 2), int(sent),
+                      f"converges after {len(passes) - 1} pass(es) with {left / MIB:.2f} MiB left")  # fmt: skip
+
+
+def _postcopy(m: Measurement, after: int, name: str) -> Prediction:
+    passes = _passes(m, 0.0)[: after + 1]
+    t_switch, left = passes[-1] if after else (0.0, float(m.ram_bytes))
+    sent = sum(b for _, b in passes[:-1]) + left
+    return Prediction(name, True, after, None, round(t_switch + left / m.link_Bps, 2), int(sent),
+                      f"switches after {after} pass(es); {left / MIB:.0f} MiB then arrive on demand and in the "
+                      "background: the pause is a blackout of tens of ms, the guest's fault stalls are not "
+                      "predicted")  # fmt: skip
+
+
+def _auto(m: Measurement, params: AutoParams) -> tuple[Prediction, list[str]]:
+    """Run the auto policy itself on the predicted passes: its decisions, and where it ends."""
+    limit = initial_limit_ms(params)
+    reasons: list[str] = []
+    stats: list[PassStat] = []
+    for i, (t, left) in enumerate(_passes(m, limit)):
+        n = i + 1
+        if n >= 2:
+            stats.append(PassStat(n, t, int(left), 0, m.dirty_Bps, m.link_Bps))
+        snap = Progress(passes_done=n - 1, elapsed_s=t, passes=tuple(stats), downtime_limit_ms=limit)
+        d = decide_auto(snap, params)
+        reasons.append(f"pass {n}: {d}")
+        limit = d.downtime_limit_ms or limit
+        if d.action is Action.SWITCH:
+            p = _postcopy(m, n - 1, "auto")
+            return Prediction(
+                "auto", True, n - 1, None, p.total_s, p.bytes, f"switches at pass {n}: {d.reason}"
+            ), reasons
+    p = _precopy(m, limit, "auto")
+    return Prediction(
+        "auto", p.converges, p.passes, p.pause_ms, p.total_s, p.bytes, f"stays in pre-copy: {p.note}"
+    ), reasons
+
+
+def predict(
+    m: Measurement, downtime_limit_ms: float = QEMU_DEFAULT_LIMIT_MS
+) -> tuple[list[Prediction], list[str]]:
+    """Each policy's prediction, and the auto policy's decisions on the predicted passes."""
+    if m.link_Bps <= 0:
+        raise UsageError("the link's rate must be positive")
+    auto, reasons = _auto(m, AutoParams())
+    out = [
+        _precopy(m, downtime_limit_ms, "precopy"),
+        _postcopy(m, 0, "postcopy-now"),
+        _postcopy(m, 1, "postcopy-after:1"),
+        _postcopy(m, 2, "postcopy-after:2"),
+        auto,
+    ]
+    return out, reasons
+
+
+async def measure_dirty_rate(name: str, qmp: Path, seconds: int) -> tuple[int, float]:
+    """The guest's RAM (bytes) and dirty rate (bytes/s) from QEMU: ``calc-dirty-rate`` in
+    page-sampling mode (read-only), then its result once measured."""
+    mon = Monitor(name, "plan", qmp)
+    await mon.connect(timeout=5.0)
+    try:
+        ram = int((await mon.execute("query-memory-size-summary"))["base-memory"])
+        try:
+            await mon.execute("calc-dirty-rate", {"calc-time": seconds, "mode": "page-sampling"})
+        except QMPCommandError as exc:
+            raise LivemigError(f"{name}: QEMU cannot measure the dirty rate: {exc.desc}") from exc
+        deadline = time.monotonic() + seconds + 10
+        await asyncio.sleep(seconds)
+        while True:  # the result of a measurement QEMU was asked for (not a phase)
+            info = await mon.execute("query-dirty-rate")
+            if info.get("status") == "measured":
+                return ram, float(info.get("dirty-rate", 0)) * MIB
+            if time.monotonic() > deadline:
+                raise LivemigError(f"{name}: QEMU's dirty-rate measurement did not finish")
+            await asyncio.sleep(0.2)
+    finally:
+        await mon.close()

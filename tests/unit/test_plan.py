@@ -1,0 +1,47 @@
+"""plan's model (pure): predictions per policy, and auto's decisions on the predicted passes."""
+
+from __future__ import annotations
+
+import pytest
+
+from livemig.errors import UsageError
+from livemig.plan import POLICIES, Measurement, predict
+
+MiB = 1 << 20
+
+
+def by_policy(m: Measurement) -> dict[str, object]:
+    preds, _ = predict(m)
+    return {p.policy: p for p in preds}
+
+
+def test_a_slow_writer_converges_and_auto_stays_in_precopy_with_a_lower_pause() -> None:
+    m = Measurement(512 * MiB, 8 * MiB, 25 * MiB, "test")
+    preds, reasons = predict(m)
+    assert [p.policy for p in preds] == list(POLICIES)
+    p = {x.policy: x for x in preds}
+    pre, auto = p["precopy"], p["auto"]
+    assert pre.converges and pre.pause_ms is not None and pre.pause_ms <= 300  # type: ignore[attr-defined]
+    assert auto.converges and auto.pause_ms is not None and auto.pause_ms <= 50  # type: ignore[attr-defined]
+    assert auto.note.startswith("stays in pre-copy")  # type: ignore[attr-defined]
+    assert reasons[0].startswith("pass 1: continue: first pass") and "downtime limit 50 ms" in reasons[0]
+    # one pass of 512 MiB at 25 MiB/s, then the switch: 20.5 s and 512 MiB at least
+    assert p["postcopy-now"].total_s == pytest.approx(20.48, abs=0.01)  # type: ignore[attr-defined]
+
+
+def test_a_writer_above_the_link_never_converges_and_auto_switches() -> None:
+    m = Measurement(384 * MiB, 30 * MiB, 25 * MiB, "test")
+    p = by_policy(m)
+    assert not p["precopy"].converges and "does not converge" in p["precopy"].note  # type: ignore[attr-defined]
+    assert p["auto"].converges and p["auto"].note.startswith("switches at pass 2")  # type: ignore[attr-defined]
+    assert "cannot converge" in p["auto"].note  # type: ignore[attr-defined]
+
+
+def test_an_idle_guest_finishes_in_about_one_pass() -> None:
+    p = by_policy(Measurement(256 * MiB, 0.0, 100 * MiB, "test"))
+    assert p["precopy"].converges and p["precopy"].total_s == pytest.approx(2.56, abs=0.01)  # type: ignore[attr-defined]
+
+
+def test_a_link_must_have_a_rate() -> None:
+    with pytest.raises(UsageError):
+        predict(Measurement(256 * MiB, 1.0, 0.0, "test"))
