@@ -17,6 +17,7 @@ from typing import Any
 from livemig.adopt import adopted_launch, after_migration
 from livemig.backends.qemu import Endpoint, QemuBackend
 from livemig.control import ControlServer
+from livemig.core.backend import Backend
 from livemig.core.bus import EventBus
 from livemig.core.events import MigrationEvent
 from livemig.core.migration import Migration
@@ -209,7 +210,7 @@ class MigrationJob:
             rates = [r for r in (link and link["rate_bps"], self.options.max_bandwidth) if r]
             report.set_bound(min(rates) if rates else None)
             if report.status == "failed" and report.switched_at_pass is not None:
-                report.evidence = await _evidence(rec.instance, dst_inst, dst_mon)
+                report.evidence = await _evidence(rec.instance, dst_inst, mig.backend)
             self._finish(rec, dst_inst, mig, report)
             await self._quit_source(rec, report, src_mon)
         except BaseException:
@@ -413,7 +414,7 @@ def _disks(rec: VMRecord) -> list[DiskRef]:
     return spec_disks(rec.spec)
 
 
-async def _evidence(src: QemuInstance, dst: QemuInstance, dst_mon: Monitor) -> dict[str, Any]:
+async def _evidence(src: QemuInstance, dst: QemuInstance, backend: Backend) -> dict[str, Any]:
     """What a failure after the switch left: who is alive, their last words, and the
     destination's own view of the migration."""
     out: dict[str, Any] = {
@@ -422,18 +423,20 @@ async def _evidence(src: QemuInstance, dst: QemuInstance, dst_mon: Monitor) -> d
         "source_log_tail": src.log_tail(),
         "destination_log_tail": dst.log_tail(),
     }
-    if dst.alive() and not dst_mon.lost.is_set():
-        with contextlib.suppress(LivemigError):
-            info = await dst_mon.execute("query-migrate")
+    if dst.alive() and not backend.lost("dst").is_set():
+        try:
+            info = await backend.progress("dst")
             # A dead source's socket closes with it, but the destination notices (and
             # pauses) only when its next read fails: give it a moment before recording.
             for _ in range(30):
-                if out["source_alive"] or info.get("status") != "postcopy-active":
+                if out["source_alive"] or info.status != "postcopy-active":
                     break
                 await asyncio.sleep(0.1)
-                info = await dst_mon.execute("query-migrate")
-            out["destination_migration"] = {k: info.get(k) for k in ("status", "error-desc") if k in info}
-            out["destination_vm"] = (await dst_mon.execute("query-status")).get("status")
+                info = await backend.progress("dst")
+            out["destination_migration"] = {"status": info.status, "error-desc": info.error_desc}
+            out["destination_vm"] = (await backend.destination_running())[1]
+        except LivemigError as exc:
+            out["destination_error"] = str(exc)
     return out
 
 

@@ -201,11 +201,14 @@ class Registry:
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
-        fd = os.open(self._path(name).with_suffix(".lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        lock = self._path(name).with_suffix(".lock")
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
+            if not self.exists(name):  # nothing was recorded (a refused start): leave nothing
+                lock.unlink(missing_ok=True)
             os.close(fd)
 
     def exists(self, name: str) -> bool:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pickle
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,39 @@ def test_state_error_from_the_server_stays_a_state_error() -> None:
     exc = StateError("cancel", MigrationState.POSTCOPY, (MigrationState.SETUP, MigrationState.PRECOPY), "why")
     back = rebuild("StateError", json.loads(json.dumps(list(exc.args), default=str)), str(exc))
     assert isinstance(back, StateError) and str(back) == str(exc)
+
+
+def test_another_user_is_refused_with_a_reply_and_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    """SO_PEERCRED: only root or the VM's owner may steer its migration. The socket is made
+    reachable on purpose here (livemig creates it 0600) to see the check itself."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    d = Path(tempfile.mkdtemp(prefix="lmctl", dir="/tmp"))
+    d.chmod(0o755)
+    path = d / "c.ctl"
+    client = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+        "s.sendall(b'{\"op\": \"postcopy\"}\\n'); print(s.makefile().readline(), end='')\n"
+    )
+
+    async def main() -> str:
+        server = ControlServer(path, "vm", lambda: None)
+        await server.start()
+        path.chmod(0o666)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "/usr/bin/python3", "-c", client, str(path), stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, user=65534, cwd="/",
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(proc.communicate(), 10)
+            assert proc.returncode == 0, err.decode()
+            return out.decode()
+        finally:
+            await server.stop()
+            shutil.rmtree(d)
+
+    with caplog.at_level("WARNING", logger="livemig.control"):
+        reply = json.loads(asyncio.run(main()))
+    assert reply["ok"] is False and reply["error"] == "permission denied"
+    assert any("refused a request from uid 65534" in r.getMessage() for r in caplog.records)

@@ -108,6 +108,8 @@ CLI_CASES: list[Callable[[str], tuple[str, ...]]] = [
     lambda v: ("lab", "up", "--bandwidth", v, "--hosts", "0"),
     lambda v: ("postcopy", v or "x"),
     lambda v: ("bench", "run", v or "x", "--repeats", "0"),
+    lambda v: ("migrate", "nosuchvm", "--policy", f"auto:{v}"),
+    lambda v: ("plan", v or "x"),
 ]
 
 
@@ -123,7 +125,7 @@ def test_cli_bad_arguments_are_one_line_exit_2_and_start_nothing(
     code, err = _cli(capsys, *args)
     _assert_bad(code, err, args)
     assert not list(tmp_path.glob("qemu/*")) and not (tmp_path / "lab.json").exists()
-    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".sock", ".ctl")]
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".sock", ".ctl", ".lock", ".json")]
     assert not [n for n in netns.listnetns() if n.startswith("lmh-")]
 
 
