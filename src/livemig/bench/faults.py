@@ -27,6 +27,7 @@ from livemig.errors import LivemigError
 from livemig.guest import parse_workload
 from livemig.lab import Lab, Shaping
 from livemig.observe.heartbeat import HeartbeatReader
+from livemig.qemu.instance import proc_start_ticks
 from livemig.registry import Registry
 from livemig.spec import VMSpec
 from livemig.units import parse_rate
@@ -118,11 +119,10 @@ def _inject(fault: Fault, lab: Lab, reg: Registry, name: str, proc: subprocess.P
         lab.set_link("dst", up=False)
         time.sleep(fault.outage_s)
         lab.set_link("dst", up=True)
-    elif fault.kind == "kill-dst":
-        assert rec.migration is not None and rec.migration.dst is not None
-        os.kill(rec.migration.dst.pid, signal.SIGKILL)
-    elif fault.kind == "kill-src":
-        os.kill(rec.instance.pid, signal.SIGKILL)
+    elif fault.kind in ("kill-dst", "kill-src"):
+        target = rec.instance if fault.kind == "kill-src" else rec.migration.dst if rec.migration else None
+        if target is not None and target.alive():  # its start time guards against a reused PID
+            os.kill(target.pid, signal.SIGKILL)
     elif fault.kind == "kill-livemig":
         proc.send_signal(signal.SIGKILL)
     return struck
@@ -188,12 +188,29 @@ def run_trial(
     return out
 
 
+def _wrote(pid: int, pidfile: Path) -> bool:
+    """Whether ``pid`` is the QEMU that wrote ``pidfile``: a QEMU, started no later than
+    the file was written (a reused PID belongs to a process started afterwards)."""
+    try:
+        if not Path(os.readlink(f"/proc/{pid}/exe")).name.startswith("qemu-system-"):
+            return False
+        ticks = proc_start_ticks(pid)
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))  # fmt: skip
+    except (OSError, StopIteration, ValueError):
+        return False
+    if ticks is None:
+        return False
+    started = btime + ticks / os.sysconf("SC_CLK_TCK")
+    return started <= pidfile.stat().st_mtime + 1.0
+
+
 def _leftovers(reg: Registry) -> list[str]:
     left = []
     for pidfile in reg.root.glob("qemu/*/qemu.pid"):
         with contextlib.suppress(OSError, ValueError):
             pid = int(pidfile.read_text())
-            if Path(f"/proc/{pid}").exists():
+            if _wrote(pid, pidfile):
                 left.append(f"qemu pid {pid}")
                 os.kill(pid, signal.SIGKILL)
     left += [f"record {p.name}" for p in reg.vms.glob("*.json")]
