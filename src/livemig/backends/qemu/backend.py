@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 from qemu.qmp import EventListener
 
-from livemig.backends.qemu.models import WATCHED, parse_event, parse_migration_info
+from livemig.backends.qemu.models import (
+    WATCHED,
+    parse_capabilities,
+    parse_event,
+    parse_migration_info,
+    parse_run_state,
+)
 from livemig.backends.qemu.negotiate import negotiate
 from livemig.core.backend import AttachView, EventSink, MigrationInfo, Negotiated, Side
 from livemig.core.options import MigrationOptions
@@ -153,13 +159,12 @@ class QemuBackend:
         return parse_migration_info(await self._ep(side).monitor.execute("query-migrate"))
 
     async def destination_running(self) -> tuple[bool, str]:
-        status = await self.dst.monitor.execute("query-status")
-        return bool(status.get("running")), str(status.get("status"))
+        return parse_run_state(await self.dst.monitor.execute("query-status"))
 
     async def attach(self) -> AttachView:
-        caps = await self.src.monitor.execute("query-migrate-capabilities")
+        caps = parse_capabilities(await self.src.monitor.execute("query-migrate-capabilities"))
         src = await self.progress("src")
         dst = await self.progress("dst")
         running, _ = await self.destination_running()
-        on = {str(c["capability"]): True for c in caps if c.get("state")}
+        on = {name: True for name, state in caps.items() if state}
         return AttachView(src.status, dst.status, on, src, running)

@@ -9,8 +9,12 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from livemig.core.backend import BackendEvent, EventKind, MigrationInfo, Side
+from livemig.errors import MigrationFailed
 
-__all__ = ["WATCHED", "parse_event", "parse_migration_info", "qemu_timestamp"]
+__all__ = [
+    "WATCHED", "parse_capabilities", "parse_event", "parse_listen_port", "parse_migration_info", "parse_run_state",
+    "qemu_timestamp",
+]  # fmt: skip
 
 PAGE = 4096
 WATCHED: Final = ("MIGRATION", "MIGRATION_PASS", "STOP", "RESUME")
@@ -64,6 +68,45 @@ def _int(d: Mapping[str, Any], key: str, default: int = 0) -> int:
 def _opt_int(d: Mapping[str, Any], key: str) -> int | None:
     v = _num(d, key)
     return int(v) if v is not None else None
+
+
+def _malformed(command: str, raw: Any) -> MigrationFailed:
+    text = repr(raw)
+    return MigrationFailed(
+        f"QEMU sent a malformed {command} reply: {text[:120]}{'...' if len(text) > 120 else ''}"
+    )
+
+
+def parse_capabilities(raw: Any) -> dict[str, bool]:
+    """``query-migrate-capabilities``: capability -> state."""
+    if not isinstance(raw, list) or not all(
+        isinstance(c, Mapping) and isinstance(c.get("capability"), str) and isinstance(c.get("state"), bool)
+        for c in raw
+    ):
+        raise _malformed("query-migrate-capabilities", raw)
+    return {c["capability"]: c["state"] for c in raw}
+
+
+def parse_run_state(raw: Any) -> tuple[bool, str]:
+    """``query-status``: whether the vCPUs run, and the run state's name."""
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("running"), bool):
+        raise _malformed("query-status", raw)
+    return raw["running"], str(raw.get("status"))
+
+
+def parse_listen_port(raw: Any) -> int:
+    """The port a destination listens on, from its ``query-migrate`` (``socket-address``)."""
+    addrs = raw.get("socket-address") if isinstance(raw, Mapping) else None
+    port = (
+        addrs[0].get("port") if isinstance(addrs, list) and addrs and isinstance(addrs[0], Mapping) else None
+    )
+    try:
+        value = int(port)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise _malformed("query-migrate (socket-address)", raw) from None
+    if not 1 <= value <= 65535:
+        raise _malformed("query-migrate (socket-address)", raw)
+    return value
 
 
 def parse_migration_info(raw: Any) -> MigrationInfo:

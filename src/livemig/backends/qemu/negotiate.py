@@ -9,6 +9,7 @@ import asyncio
 import secrets
 from typing import Any, Final
 
+from livemig.backends.qemu.models import parse_capabilities, parse_listen_port
 from livemig.core.backend import Negotiated
 from livemig.core.options import MigrationOptions
 from livemig.errors import MigrationFailed, QMPCommandError, UnsafeCombination, UnsupportedError, UsageError
@@ -82,8 +83,7 @@ def source_params(opts: MigrationOptions, allows_postcopy: bool, tls: dict[str, 
 
 
 async def capabilities(mon: Monitor) -> set[str]:
-    caps = await mon.execute("query-migrate-capabilities")
-    return {str(c["capability"]) for c in caps}
+    return set(parse_capabilities(await mon.execute("query-migrate-capabilities")))
 
 
 async def _tls(src: Monitor, dst: Monitor, opts: MigrationOptions) -> dict[str, Any]:
@@ -113,11 +113,8 @@ async def incoming_uri(dst: Monitor, uri: str | None, opts: MigrationOptions) ->
         raise MigrationFailed(f"destination cannot listen on {listen}: {exc.desc}", phase="setup") from exc
     if not listen.startswith("tcp:") or not listen.endswith(":0"):
         return listen
-    info = await dst.execute("query-migrate")
-    addrs = info.get("socket-address") or []
-    if not addrs:
-        raise MigrationFailed("destination did not report its listening port", phase="setup")
-    return f"{listen.rsplit(':', 1)[0]}:{int(addrs[0]['port'])}"
+    port = parse_listen_port(await dst.execute("query-migrate"))
+    return f"{listen.rsplit(':', 1)[0]}:{port}"
 
 
 async def negotiate(
