@@ -273,3 +273,26 @@ def test_a_lost_destination_after_the_switch_fails_with_the_reason() -> None:
     report = asyncio.run(main())
     assert report.status == "failed"
     assert report.error is not None and "destination double died" in report.error
+
+
+def test_one_paused_and_one_recovered_event_per_outage_and_one_start() -> None:
+    async def main() -> MigrationReport:
+        be, mig, task = await begin("postcopy-now", recover_deadline_s=10.0)
+        await until(lambda: mig.state is S.POSTCOPY)
+        for outage in (1, 2):
+            be.frozen = True  # the link died; the watchdog pauses both sides, both report paused
+            await until(lambda o=outage: be.commands.count("recover") == o and mig.state is S.POSTCOPY, 6)  # type: ignore[misc]
+        await be.complete()
+        return await asyncio.wait_for(task, 3)
+
+    report = asyncio.run(main())
+    names = [e["name"] for e in report.events]
+    assert names.count("postcopy-started") == 1, names
+    assert names.count("postcopy-paused") == 2 and names.count("postcopy-recovered") == 2, names
+    paused = [e["data"] for e in report.events if e["name"] == "postcopy-paused"]
+    recovered = [e["data"] for e in report.events if e["name"] == "postcopy-recovered"]
+    assert [p["outage"] for p in paused] == [1, 2] and [r["outage"] for r in recovered] == [1, 2]
+    assert all(r["attempts"] == 1 for r in recovered)
+    assert report.recovery == {"outages": 2, "pauses": 2, "attempts": 2, "recovered": 2,
+                               "last_reason": report.recovery["last_reason"],
+                               "last_recovery_ms": report.recovery["last_recovery_ms"]}  # fmt: skip

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from livemig.core.backend import Backend, BackendEvent, EventKind, MigrationInfo, Negotiated, Side
@@ -119,6 +119,7 @@ class Migration:
         self._limit_ms = self.options.downtime_limit_ms or QEMU_DEFAULT_LIMIT_MS
         self._migrate_issued = asyncio.Event()
         self._postcopy_requested = False
+        self._started = False  # postcopy-started was published
 
     def __repr__(self) -> str:
         return (
@@ -232,8 +233,8 @@ class Migration:
             self._passes = max(self._passes, ev.n)
         elif ev.kind is EventKind.STATUS and ev.status is not None:
             self.sides.update(ev.side, ev.status)
-        published = translate(ev)
-        if published is not None and published.name != "completed" and not self.bus.closed:
+        published = self._once(translate(ev))
+        if published is not None and not self.bus.closed:
             self.bus.publish(published)
         if ev.kind is EventKind.STATUS and ev.status is not None:
             await self._on_status(ev)
@@ -243,6 +244,25 @@ class Migration:
             if ev.n >= 2 and self.state in (S.SETUP, S.PRECOPY):
                 self._spawn(self._record_pass(ev.n), f"pass-{ev.n}")
         await self._notify()
+
+    def _once(self, ev: MigrationEvent | None) -> MigrationEvent | None:
+        """The event contract: each phase's start once (``postcopy-started`` is not repeated
+        after a recovery), one ``postcopy-paused`` per outage (the first side to report it;
+        the other side and the recovery attempts' own pauses are data, not events), and
+        ``completed`` only once the destination is confirmed running."""
+        if ev is None or ev.name == "completed":
+            return None
+        if ev.name == "postcopy-started":
+            if self._started:
+                return None
+            self._started = True
+        if ev.name == "postcopy-paused":
+            if self.state is not S.POSTCOPY:  # this outage was published already
+                return None
+            stats = self.recovery = self.recovery or RecoveryStats()
+            stats.outages += 1
+            return replace(ev, data={**ev.data, "outage": stats.outages})
+        return ev
 
     async def _on_status(self, ev: BackendEvent) -> None:
         side, status = ev.side, str(ev.status)
@@ -403,7 +423,7 @@ class Migration:
         for step in path(self.state, target):
             await self._set_state(step, f"attached: source {view.src_status}, destination {view.dst_status}")
         if target in (S.POSTCOPY, S.POSTCOPY_PAUSED):
-            self._postcopy_requested = True
+            self._postcopy_requested = self._started = True
             self._timing.switch = Switch(None, "switched before livemig reattached")
         self._dst_resumed = view.dst_running or self._dst_resumed
         if view.src_status == "completed":
@@ -615,9 +635,8 @@ class Migration:
     async def _recover(self, deadline_s: float | None = None) -> bool:
         """Retry recovery with backoff until the deadline; True once post-copy runs again."""
         backoff = Backoff(deadline_s if deadline_s is not None else self.options.recover_deadline_s)
-        stats = self.recovery = self.recovery or RecoveryStats(pauses=1)
-        started = time.time()
-        self.bus.publish(MigrationEvent("postcopy-paused", {"side": "livemig", "recovering": True}))
+        stats = self.recovery = self.recovery or RecoveryStats(outages=1)
+        started, attempts_before = time.time(), stats.attempts
         for wait in backoff.waits():
             if time.time() + wait - started > backoff.deadline_s or self._sm.terminal:
                 break
@@ -636,9 +655,10 @@ class Migration:
                 took = round((time.time() - started) * 1000, 1)
                 stats.recovered += 1
                 stats.last_recovery_ms = took
-                self.bus.publish(
-                    MigrationEvent("postcopy-recovered", {"attempts": stats.attempts, "paused_ms": took})
-                )
+                self.bus.publish(MigrationEvent(
+                    "postcopy-recovered",
+                    {"outage": stats.outages, "attempts": stats.attempts - attempts_before, "paused_ms": took},
+                ))  # fmt: skip
                 await self._set_state(S.POSTCOPY, "recovered")
                 self._watchdog.reset()
                 self._reconnect.asked.clear()

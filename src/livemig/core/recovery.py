@@ -58,7 +58,8 @@ class RecoveryStats:
     """Post-copy pauses, recovery attempts and recoveries of one migration (the report's
     ``recovery``)."""
 
-    pauses: int = 0
+    outages: int = 0  # times post-copy stopped (QEMU's postcopy-paused, whoever caused it)
+    pauses: int = 0  # of which livemig paused it (no progress: the link is gone)
     attempts: int = 0
     recovered: int = 0
     last_reason: str | None = None
