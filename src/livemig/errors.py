@@ -7,6 +7,7 @@ structured fields besides its message, so callers can act on it::
      +-- UsageError              bad input from a user (exit code 2)
      |    +-- SpecError          .field: which field of a VM spec is wrong
      |    +-- PolicyError        .text: the policy string that did not parse
+     |    +-- NoSuchHost         .host: a lab host that does not exist
      +-- EnvironmentProblem      the host cannot do what was asked
      |    +-- QemuNotFound
      |    +-- QemuTooOld         .version, .required
@@ -49,6 +50,7 @@ __all__ = [
     "LivemigError",
     "MigrationError",
     "MigrationFailed",
+    "NoSuchHost",
     "NotMigrating",
     "PolicyError",
     "QMPCommandError",
@@ -101,6 +103,13 @@ class PolicyError(UsageError):
         super().__init__(text, message)
         self.text = text
         self.message = f"policy {text!r}: {message}"
+
+
+class NoSuchHost(UsageError):
+    def __init__(self, host: str, message: str) -> None:
+        super().__init__(host, message)
+        self.host = host
+        self.message = message
 
 
 class EnvironmentProblem(LivemigError):

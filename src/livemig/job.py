@@ -357,13 +357,15 @@ class MigrationJob:
             except Exception:  # never lose the record of where the VM runs over this
                 self.log.exception("could not re-read the destination's command line")
             rec.migration = MigrationRecord("completed", source=old, finished=time.time())
-            report.where = f"destination (pid {dst.pid})"
+            report.where = f"destination, host {self.to_host or 'local'} (pid {dst.pid})"
         elif state in (S.FAILED, S.CANCELLED) and not mig.src_completed and report.switched_at_pass is None:
             # Nothing switched: the source still holds the whole VM.
             dst.kill()
             rec.migration = None
             report.where = (
-                f"source (pid {rec.instance.pid})" if rec.instance.alive() else "lost: the source QEMU died"
+                f"source, host {rec.host or 'local'} (pid {rec.instance.pid})"
+                if rec.instance.alive()
+                else "lost: the source QEMU died"
             )
         else:
             # Post-copy trouble: memory is split between the two QEMUs. Keep both, never kill.

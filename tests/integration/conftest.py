@@ -4,6 +4,7 @@ QEMU logs and consoles of a failed test under test-artifacts/."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,3 +130,18 @@ def vms(runtime: Path, request: pytest.FixtureRequest) -> Iterator[VMFactory]:
             os.kill(pid, signal.SIGKILL)
     time.sleep(0.1 if leftovers else 0)
     assert not leftovers, f"QEMU processes left behind: {leftovers}"
+
+
+def qmp_query(path: Path, command: str) -> Any:
+    """Ask a QEMU directly (its auxiliary monitor), not through livemig's report."""
+    from livemig.qemu.monitor import Monitor
+
+    async def ask() -> Any:
+        mon = Monitor("test", "aux", path)
+        await mon.connect(timeout=5)
+        try:
+            return await mon.execute(command)
+        finally:
+            await mon.close()
+
+    return asyncio.run(ask())

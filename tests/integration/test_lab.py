@@ -85,8 +85,11 @@ def test_lab_bad_input(lab_env: Path, vms: VMFactory) -> None:
     assert_one_line_error(livemig("migrate", "vm", "--to", "dst", runtime=lab_env), 1, "no lab is up")
     Lab.up(2, Shaping(50_000_000), lab_env)
     start = livemig("vm", "start", "y", "--host", "elsewhere", "--accel", "tcg", runtime=lab_env)
-    assert_one_line_error(start, 1, "no lab host 'elsewhere'")
+    assert_one_line_error(start, 2, "no lab host 'elsewhere'")  # bad input: exit 2
     assert_one_line_error(livemig("migrate", "vm", "--to", "dst", runtime=lab_env), 2, "not on a lab host")
+    assert_one_line_error(
+        livemig("migrate", "vm", "--to", "nosuch", runtime=lab_env), 2, "no lab host 'nosuch'"
+    )
     assert vms.record().migration is None and len(list(vms.runtime.glob("qemu/*"))) == 1
 
 

@@ -12,7 +12,7 @@ from livemig.lab.pki import issue_host, new_ca
 from livemig.policy import parse_policy
 from livemig.sync import SyncMigration
 
-from .conftest import VMFactory
+from .conftest import VMFactory, qmp_query
 from .test_cli import assert_one_line_error, livemig
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
@@ -31,10 +31,12 @@ def test_tls_migration_covers_every_channel(lab_env: Path, vms: VMFactory) -> No
     report = SyncMigration("vm", options=tls_options(), registry=vms.registry, to_host="dst").migrate()
     assert report.status == "completed", report.error
     assert report.channels == ["main+tls", "postcopy-preempt+tls"]
-    assert (
-        report.parameters["tls-creds"].startswith("lm-tls-")
-        and report.parameters["tls-hostname"] == "192.0.2.11"
-    )
+    # what the destination QEMU (now the VM) itself says it used, not livemig's echo
+    aux = vms.record().instance.paths.qmp_aux
+    params = qmp_query(aux, "query-migrate-parameters")
+    caps = {c["capability"]: c["state"] for c in qmp_query(aux, "query-migrate-capabilities")}
+    assert str(params["tls-creds"]).startswith("lm-tls-"), params
+    assert caps["postcopy-ram"] and caps["postcopy-preempt"], caps
     assert report.switched_at_pass == 1 and report.guest["verify"].startswith("verify ok")
     lab.down()
     assert not (lab_env / "lab-pki").exists(), "lab down removes the throw-away PKI"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from livemig.errors import LabError, UsageError
+from livemig.errors import NoSuchHost, UsageError
 from livemig.job import parse_faultprobe
 from livemig.lab import LabPlan, Shaping, plan_lab
 
@@ -48,9 +48,9 @@ def test_bad_lab_settings(hosts: int, shaping: Shaping, prefix: str, words: str)
 
 
 def test_unknown_host_names_the_known_ones() -> None:
-    with pytest.raises(LabError, match="hosts: src, dst") as info:
+    with pytest.raises(NoSuchHost, match="hosts: src, dst") as info:
         plan_lab(2, Shaping(25_000_000)).host("elsewhere")
-    assert info.value.host == "elsewhere"
+    assert info.value.host == "elsewhere" and info.value.exit_code == 2  # bad input
 
 
 def test_shaping_reads_like_tc() -> None:

@@ -17,7 +17,7 @@ from livemig.cli.context import registry_of
 from livemig.cli.demo import demo
 from livemig.cli.lab import lab
 from livemig.cli.migrate import cancel, events, migrate, plan, postcopy, recover
-from livemig.cli.render import out
+from livemig.cli.render import Verbosity, out
 from livemig.errors import UsageError
 from livemig.guest import build_image, parse_workload
 from livemig.qemu.argv import InstancePaths
@@ -42,6 +42,7 @@ def cli(ctx: click.Context, runtime_dir: Path | None, verbose: int) -> None:
     """livemig: live migration of QEMU VMs, post-copy done well."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
+    Verbosity.level = verbose
     if verbose == 0:  # qemu.qmp logs what livemig reports itself, in one line
         logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     if runtime_dir is not None:

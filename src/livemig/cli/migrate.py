@@ -127,6 +127,7 @@ def migration_options(
     type=click.Path(path_type=Path),
     help="Orchestrator mode: the destination's heartbeat chardev (UNIX socket).",
 )
+@click.option("--live", is_flag=True, help="Accepted for virsh habits: livemig always migrates live.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.pass_context
@@ -154,6 +155,7 @@ def migrate(
     pair_name: str | None,
     src_heartbeat: Path | None,
     dst_heartbeat: Path | None,
+    live: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -166,6 +168,7 @@ def migrate(
     destination waiting with -incoming defer): --src-qmp SOCK --dst-qmp SOCK --uri
     tcp:HOST:PORT. livemig starts and kills no QEMU then; `livemig postcopy NAME`,
     `events NAME` and `cancel NAME` reach the migration by its name."""
+    del live  # virsh's --live: every livemig migration is live
     opts = migration_options(
         policy, bandwidth, downtime_limit, postcopy_bandwidth, no_preempt, port, address, multifd,
         stall_timeout, recover_deadline, not no_recover,

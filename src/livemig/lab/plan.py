@@ -22,7 +22,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from livemig.errors import LabError, UsageError
+from livemig.errors import NoSuchHost, UsageError
 
 __all__ = ["CLIENT_ADDRESS", "GUEST_BRIDGE", "LabHost", "LabPlan", "Shaping", "guest_ip", "plan_lab"]
 
@@ -98,7 +98,7 @@ class LabPlan:
             if h.name == name:
                 return h
         known = ", ".join(h.name for h in self.hosts)
-        raise LabError(f"no lab host {name!r} (hosts: {known})", host=name)
+        raise NoSuchHost(name, f"no lab host {name!r} (hosts: {known})")
 
     @property
     def namespaces(self) -> tuple[str, ...]:

@@ -139,5 +139,5 @@ async def negotiate(
     await src.execute("migrate-set-capabilities", arg)
     params = source_params(opts, allows_postcopy, tls)
     await src.execute("migrate-set-parameters", params)
-    shown = {**params, **{f"destination {k}": v for k, v in announce.items()}}
+    shown = {"source": params, "destination": announce}
     return Negotiated(target, caps, tls=opts.tls_dirs is not None, parameters=shown)
