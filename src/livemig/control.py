@@ -23,7 +23,8 @@ __all__ = ["ControlServer", "request", "stream"]
 log = logging.getLogger(__name__)
 MAX_REQUEST = 4096  # bytes of one request line
 
-OPS = ("postcopy", "cancel", "status", "events")
+OPS = ("postcopy", "cancel", "status", "events", "jobinfo", "tune")
+TUNABLE = ("max_bandwidth", "downtime_limit_ms", "postcopy_bandwidth")
 
 
 def _peer(writer: asyncio.StreamWriter) -> tuple[int, int]:
@@ -122,6 +123,16 @@ class ControlServer:
             await reply({"ok": True, "state": str(mig.state)})
         elif op == "status":
             await reply({"ok": True, "state": str(mig.state), "passes": mig.snapshot().passes_done})
+        elif op == "jobinfo":
+            await reply({"ok": True, "jobinfo": mig.jobinfo()})
+        elif op == "tune":
+            values = {k: req.get(k) for k in TUNABLE if req.get(k) is not None}
+            if not values or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values.values()
+            ):
+                raise UsageError(f"tune takes whole numbers >= 0 for some of {', '.join(TUNABLE)}")
+            await mig.tune(**values, who=f"pid {pid}")
+            await reply({"ok": True, "state": str(mig.state), "jobinfo": mig.jobinfo()})
         else:
             async for ev in mig.events():
                 await reply({"ok": True, "event": ev.to_dict()})
@@ -139,10 +150,13 @@ def _connect(path: Path, name: str, timeout: float | None) -> socket.socket:
     return s
 
 
-def stream(path: Path, name: str, op: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-    """Send ``op`` and yield each JSON reply line; raises LivemigError on an error reply."""
+def stream(
+    path: Path, name: str, op: str, timeout: float | None = None, **args: Any
+) -> Iterator[dict[str, Any]]:
+    """Send ``op`` (with ``args``) and yield each JSON reply line; raises the server's error
+    (as the same class) on an error reply."""
     with _connect(path, name, timeout) as s, s.makefile("rb") as buf:
-        s.sendall(json.dumps({"op": op}).encode() + b"\n")
+        s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
         for line in buf:
             msg = json.loads(line)
             if not msg.get("ok"):
@@ -150,7 +164,7 @@ def stream(path: Path, name: str, op: str, timeout: float | None = None) -> Iter
             yield msg
 
 
-def request(path: Path, name: str, op: str, timeout: float | None = 120.0) -> dict[str, Any]:
-    for msg in stream(path, name, op, timeout):
+def request(path: Path, name: str, op: str, timeout: float | None = 120.0, **args: Any) -> dict[str, Any]:
+    for msg in stream(path, name, op, timeout, **args):
         return msg
     raise LivemigError(f"no answer from the livemig process migrating {name}")

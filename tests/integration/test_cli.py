@@ -177,3 +177,46 @@ def test_plan_refusals(vms: VMFactory) -> None:
     assert_one_line_error(livemig("plan", "nosuch", runtime=vms.runtime), 2, "no VM named")
     assert_one_line_error(livemig("plan", "vm", "--to", "nosuch", runtime=vms.runtime), 2, "no such lab host")
     assert_one_line_error(livemig("plan", "vm", "--seconds", "0", runtime=vms.runtime), 2)
+
+
+def test_jobinfo_and_setspeed_on_a_running_migration(vms: VMFactory) -> None:
+    vms.start(workload=NONCONVERGING)
+    env = {**os.environ, "LIVEMIG_RUNTIME_DIR": str(vms.runtime)}
+    migrate = subprocess.Popen(
+        [sys.executable, "-m", "livemig", "migrate", "vm", "--policy", "manual", "--bandwidth", "4M", "--json", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        ctl = vms.registry.control_socket("vm")
+        deadline = time.monotonic() + 60
+        while not ctl.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(3.0)  # pre-copy at 4 MiB/s for a while
+        info = livemig("jobinfo", "vm", "--json", runtime=vms.runtime)
+        assert info.returncode == 0, info.stderr
+        job = json.loads(info.stdout)
+        assert job["phase"] == "precopy" and job["policy"] == "manual" and job["transferred_bytes"] > 0
+        assert job["decision"]["reason"].startswith("manual")
+        human = livemig("jobinfo", "vm", runtime=vms.runtime)
+        assert "Phase:" in human.stdout and "Throughput:" in human.stdout
+        speed = livemig("migrate-setspeed", "vm", "64M", runtime=vms.runtime)
+        assert speed.returncode == 0, speed.stderr
+        assert_one_line_error(livemig("migrate-setspeed", "vm", "fast", runtime=vms.runtime), 2, "RATE")
+        assert livemig("migrate-setmaxdowntime", "vm", "120", runtime=vms.runtime).returncode == 0
+        time.sleep(3.0)  # now at 64 MiB/s
+        assert livemig("postcopy", "vm", runtime=vms.runtime).returncode == 0
+        out, errs = migrate.communicate(timeout=120)
+    finally:
+        if migrate.poll() is None:
+            migrate.kill()
+    assert migrate.returncode == 0, errs
+    report = json.loads(out)
+    changes = report["tunings"]
+    assert changes[0].get("max_bandwidth_Bps") == 64 << 20
+    assert any(c.get("downtime_limit_ms") == 120 for c in changes)
+    at = changes[0]["t_s"]
+    # QEMU's own throughput figures (the timeline) before and after the change
+    before = [s["mbps"] for s in report["timeline"] if 1.0 < s["t"] < at and s["status"] == "active"]
+    after = [s["mbps"] for s in report["timeline"] if at + 1.0 < s["t"] and s["status"] == "active"]
+    assert before and after, report["timeline"]
+    assert max(before) < 50 < min(after), (before, after)  # 4 MiB/s is ~34 Mbit/s; 64 MiB/s ~537

@@ -103,8 +103,14 @@ class DoubleBackend:
         await self.push(EventKind.STATUS, "dst", "postcopy-active")
         await self.push(EventKind.STATUS, "src", "postcopy-active")
 
-    async def tune(self, *, downtime_limit_ms: int | None = None) -> None:
-        self.commands.append(f"tune downtime={downtime_limit_ms}")
+    async def tune(
+        self,
+        *,
+        downtime_limit_ms: int | None = None,
+        max_bandwidth: int | None = None,
+        postcopy_bandwidth: int | None = None,
+    ) -> None:
+        self.commands.append(f"tune downtime={downtime_limit_ms} bw={max_bandwidth} pc={postcopy_bandwidth}")
 
     async def progress(self, side: Side = "src") -> MigrationInfo:
         if not self.frozen:

@@ -16,7 +16,17 @@ from livemig.cli.bench import bench
 from livemig.cli.context import registry_of
 from livemig.cli.demo import demo
 from livemig.cli.lab import lab
-from livemig.cli.migrate import cancel, events, migrate, plan, postcopy, recover
+from livemig.cli.migrate import (
+    cancel,
+    events,
+    jobinfo,
+    migrate,
+    migrate_setmaxdowntime,
+    migrate_setspeed,
+    plan,
+    postcopy,
+    recover,
+)
 from livemig.cli.render import Verbosity, out
 from livemig.errors import UsageError
 from livemig.guest import build_image, parse_workload
@@ -219,5 +229,6 @@ def adopt(
     )
 
 
-for _cmd in (migrate, recover, plan, postcopy, cancel, events, demo, lab, bench):
+for _cmd in (migrate, recover, plan, postcopy, cancel, events, jobinfo, migrate_setspeed, migrate_setmaxdowntime,
+             demo, lab, bench):  # fmt: skip
     cli.add_command(_cmd)

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -29,7 +30,10 @@ from livemig.policy import parse_policy
 from livemig.registry import Registry
 from livemig.units import parse_rate
 
-__all__ = ["cancel", "events", "migrate", "migration_options", "plan", "postcopy", "recover", "run_migration"]
+__all__ = [
+    "cancel", "events", "jobinfo", "migrate", "migrate_setmaxdowntime", "migrate_setspeed", "migration_options",
+    "plan", "postcopy", "recover", "run_migration",
+]  # fmt: skip
 
 
 def migration_options(
@@ -405,3 +409,66 @@ def plan(
     out.print(plan_table(predictions))
     for line in reasons:
         out.print(f"  auto, {line}")
+
+
+def _jobinfo_lines(info: dict[str, Any]) -> list[str]:
+    mib = 2**20
+
+    def size(v: Any) -> str:
+        return f"{v / mib:.1f} MiB" if v is not None else "-"
+
+    def rate(v: Any) -> str:
+        return f"{v / mib:.1f} MiB/s" if v is not None else "-"
+
+    decision = info.get("decision") or {}
+    rows = [
+        ("Phase", info["phase"]), ("Policy", info["policy"]), ("Pass", info["pass"]),
+        ("Elapsed", f"{info['elapsed_s']:.1f} s" if info.get("elapsed_s") is not None else "-"),
+        ("Transferred", size(info.get("transferred_bytes"))), ("Remaining", size(info.get("remaining_bytes"))),
+        ("Throughput", rate(info.get("throughput_Bps"))), ("Dirty rate", rate(info.get("dirty_rate_Bps"))),
+        ("Downtime limit", f"{info.get('downtime_limit_ms')} ms"),
+        ("Decision", f"{decision.get('action')}: {decision.get('reason')}" if decision else "-"),
+    ]  # fmt: skip
+    return [f"{k + ':':<16}{v}" for k, v in rows]
+
+
+@click.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@click.pass_context
+def jobinfo(ctx: click.Context, name: str, as_json: bool) -> None:
+    """NAME's running migration, like virsh domjobinfo: phase, pass, elapsed, bytes, rates,
+    and the policy's current decision with its reason."""
+    info = request(_control_path(registry_of(ctx), name), name, "jobinfo")["jobinfo"]
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for line in _jobinfo_lines(info):
+        out.print(line)
+
+
+@click.command("migrate-setspeed")
+@click.argument("name")
+@click.argument("rate")
+@click.option("--postcopy", is_flag=True, help="Cap post-copy's background stream instead.")
+@click.pass_context
+def migrate_setspeed(ctx: click.Context, name: str, rate: str, postcopy: bool) -> None:
+    """Change NAME's migration bandwidth while it runs (RATE: bytes/s with K/M/G, binary,
+    as 25M; or tc-style, as 200mbit; a bare number is bytes/s). Like virsh migrate-setspeed."""
+    value = parse_rate(rate, "RATE")
+    key = "postcopy_bandwidth" if postcopy else "max_bandwidth"
+    reply = request(_control_path(registry_of(ctx), name), name, "tune", **{key: value})
+    out.print(
+        f"{name}: {'post-copy ' if postcopy else ''}bandwidth {value / 2**20:.1f} MiB/s ({reply['state']})"
+    )
+
+
+@click.command("migrate-setmaxdowntime")
+@click.argument("name")
+@click.argument("ms", type=click.IntRange(1, 60_000))
+@click.pass_context
+def migrate_setmaxdowntime(ctx: click.Context, name: str, ms: int) -> None:
+    """Change NAME's pre-copy downtime limit (MS, milliseconds) while it runs. Like virsh
+    migrate-setmaxdowntime."""
+    reply = request(_control_path(registry_of(ctx), name), name, "tune", downtime_limit_ms=ms)
+    out.print(f"{name}: downtime limit {ms} ms ({reply['state']})")

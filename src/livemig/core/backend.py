@@ -167,8 +167,15 @@ class Backend(Protocol):
         """Reconnect both paused sides; confirmed by status events."""
         ...
 
-    async def tune(self, *, downtime_limit_ms: int | None = None) -> None:
-        """Change parameters while the migration runs (a policy's lever)."""
+    async def tune(
+        self,
+        *,
+        downtime_limit_ms: int | None = None,
+        max_bandwidth: int | None = None,
+        postcopy_bandwidth: int | None = None,
+    ) -> None:
+        """Change parameters while the migration runs (a policy's lever, or an operator's:
+        bandwidths in bytes/s)."""
         ...
 
     async def progress(self, side: Side = "src") -> MigrationInfo:

@@ -115,7 +115,10 @@ class Migration:
         self._failure: str | None = None
         self._failure_phase: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._pass_stats: list[PassStat] = []  # each pass's start figures (for adaptive policies)
+        self._pass_stats: list[PassStat] = []
+        self._tunings: list[
+            dict[str, Any]
+        ] = []  # operators' changes while it ran  # each pass's start figures (for adaptive policies)
         self._limit_ms = self.options.downtime_limit_ms or QEMU_DEFAULT_LIMIT_MS
         self._migrate_issued = asyncio.Event()
         self._postcopy_requested = False
@@ -367,6 +370,51 @@ class Migration:
         if self.state is S.POSTCOPY:
             raise StateError("cancel", self.state, (S.SETUP, S.PRECOPY), "post-copy started first")
 
+    @require(S.SETUP, S.PRECOPY, S.POSTCOPY, why="there is no running migration to tune")
+    async def tune(
+        self,
+        *,
+        max_bandwidth: int | None = None,
+        downtime_limit_ms: int | None = None,
+        postcopy_bandwidth: int | None = None,
+        who: str = "caller",
+    ) -> None:
+        """Change the bandwidth cap (bytes/s), the downtime limit (ms) or the post-copy
+        background cap while the migration runs; the report records each change."""
+        if downtime_limit_ms is not None and self.state is S.POSTCOPY:
+            raise StateError("set the downtime limit", self.state, (S.SETUP, S.PRECOPY), "pre-copy's limit")
+        await self.backend.tune(
+            downtime_limit_ms=downtime_limit_ms,
+            max_bandwidth=max_bandwidth,
+            postcopy_bandwidth=postcopy_bandwidth,
+        )
+        if downtime_limit_ms is not None:
+            self._limit_ms = downtime_limit_ms
+        changed = {"max_bandwidth_Bps": max_bandwidth, "downtime_limit_ms": downtime_limit_ms,
+                   "postcopy_bandwidth_Bps": postcopy_bandwidth}  # fmt: skip
+        started = self._timing.migrate_ts or time.time()
+        self._tunings.append({"t_s": round(time.time() - started, 3), "by": who,
+                              **{k: v for k, v in changed.items() if v is not None}})  # fmt: skip
+        self.log.info("tuned by %s: %s", who, {k: v for k, v in changed.items() if v is not None})
+
+    def jobinfo(self) -> dict[str, Any]:
+        """What ``livemig jobinfo`` shows (like ``virsh domjobinfo``): phase, pass, elapsed,
+        bytes, rates, and the policy's current decision with its reason."""
+        last = self._timeline[-1].info if self._timeline else None
+        decision = self._decisions[-1] if self._decisions else None
+        started = self._timing.migrate_ts
+        return {
+            "vm": self.name, "phase": str(self.state), "policy": str(self.policy), "pass": self._passes,
+            "elapsed_s": round(time.time() - started, 3) if started else None,
+            "transferred_bytes": last.transferred if last else None,
+            "remaining_bytes": last.remaining if last else None,
+            "throughput_Bps": round(last.mbps * 1e6 / 8) if last else None,
+            "dirty_rate_Bps": round(last.dirty_rate_Bps) if last else None,
+            "downtime_limit_ms": self._limit_ms,
+            "decision": {"action": decision["action"], "reason": decision["reason"]} if decision else None,
+            "tunings": list(self._tunings),
+        }  # fmt: skip
+
     async def _abort_precopy(self, reason: str, failure: bool = True) -> None:
         """End a pre-copy that cannot go on (as a failure, or as the policy's cancel); the
         source keeps the whole VM."""
@@ -498,7 +546,7 @@ class Migration:
         base = MigrationReport(
             vm=self.name, status=str(self.state), policy=str(self.policy), qemu_version=self.backend.version,
             accel=self.backend.accel, preempt=False, passes=self._passes,
-            events=[e.to_dict() for e in self.bus.history], decisions=list(self._decisions),
+            events=[e.to_dict() for e in self.bus.history], decisions=list(self._decisions), tunings=list(self._tunings),
             timeline=[s.to_dict() for s in self._timeline], error=self._failure, phase=self._failure_phase,
             recovery=self.recovery.to_dict() if self.recovery else None,
         )  # fmt: skip

@@ -36,6 +36,7 @@ class MigrationReport:
     events: list[dict[str, Any]] = field(default_factory=list)
     guest: dict[str, Any] = field(default_factory=dict)
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    tunings: list[dict[str, Any]] = field(default_factory=list)  # runtime changes: when, by whom, what
     timeline: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     phase: str | None = None

@@ -150,9 +150,17 @@ class QemuBackend:
         self.log.info("recovery: resuming over %s", uri)
         await self.src.monitor.execute("migrate", {"uri": uri, "resume": True})
 
-    async def tune(self, *, downtime_limit_ms: int | None = None) -> None:
-        params = {"downtime-limit": downtime_limit_ms} if downtime_limit_ms is not None else {}
-        if params:  # QEMU applies these live, at the next iteration
+    async def tune(
+        self,
+        *,
+        downtime_limit_ms: int | None = None,
+        max_bandwidth: int | None = None,
+        postcopy_bandwidth: int | None = None,
+    ) -> None:
+        wanted = {"downtime-limit": downtime_limit_ms, "max-bandwidth": max_bandwidth,
+                  "max-postcopy-bandwidth": postcopy_bandwidth}  # fmt: skip
+        params = {k: v for k, v in wanted.items() if v is not None}
+        if params:  # QEMU applies these live
             await self.src.monitor.execute("migrate-set-parameters", params)
 
     async def progress(self, side: Side = "src") -> MigrationInfo:
