@@ -15,7 +15,8 @@ measured throughput). In order:
    KubeVirt's stall detector): raise the downtime limit by half, up to the pause
    target; at the target, switch.
 5. Predict the passes and the time pre-copy still needs (a geometric series with
-   ratio dirty/link) to reach the limit; over the budget: switch. Else continue.
+   ratio dirty/link) to reach the limit. Over the budget, or more than three times what
+   post-copy would take to move what is left (remaining / link): switch. Else continue.
 
 Every decision says which rule fired and the numbers behind it.
 """
@@ -34,6 +35,7 @@ NONCONVERGING: Final = 0.9  # dirty rate / link rate at which pre-copy cannot co
 STALL_TOLERANCE: Final = 0.04  # remaining within 4% of the best seen counts as no progress
 STALL_PASSES: Final = 2  # for this many passes in a row
 RAMP: Final = 1.5  # the downtime limit's step when pre-copy stalls
+SLOWER_THAN_POSTCOPY: Final = 3.0  # pre-copy's predicted time vs post-copy's, past which to switch
 QEMU_DEFAULT_LIMIT_MS: Final = 300
 MIB: Final = float(1 << 20)
 
@@ -116,7 +118,14 @@ def decide_auto(p: Progress, params: AutoParams) -> Decision:
     if stalled and last.remaining_bytes > link * limit / 1000.0:  # else QEMU stops and copies now
         return _on_stall(left, best, rates, limit, params)
     passes, seconds = _to_converge(last.remaining_bytes, link, ratio, limit)
-    over = p.elapsed_s + seconds > params.budget_s
-    verdict = "past the budget" if over else f"to a pause under {limit} ms"
-    why = f"{left}, {rates}: ~{passes} more pass(es), ~{seconds:.1f}s, {verdict}"
-    return Decision(Action.SWITCH if over else Action.CONTINUE, why)
+    postcopy_s = last.remaining_bytes / link
+    if p.elapsed_s + seconds > params.budget_s:
+        verdict = "past the budget"
+    elif seconds > SLOWER_THAN_POSTCOPY * postcopy_s:
+        verdict = f"over {SLOWER_THAN_POSTCOPY:g}x post-copy's ~{postcopy_s:.1f}s to move what is left"
+    else:
+        why = f"{left}, {rates}: ~{passes} more pass(es), ~{seconds:.1f}s, to a pause under {limit} ms"
+        return Decision(Action.CONTINUE, why)
+    return Decision(
+        Action.SWITCH, f"{left}, {rates}: pre-copy needs ~{passes} more pass(es), ~{seconds:.1f}s, {verdict}"
+    )
