@@ -24,6 +24,7 @@ from livemig.qemu.instance import QemuInstance
 from livemig.registry import VMRecord
 from livemig.sync import SyncMigration
 
+from ..unit.test_report_doc import assert_documented
 from .conftest import VMFactory, qemu_running
 from .test_migration import beats_on
 
@@ -137,6 +138,7 @@ def test_link_cut_in_postcopy_recovers_with_memory_intact(lab: Lab, vms: VMFacto
         assert "postcopy-paused" in names and "postcopy-recovered" in names, timeline
         assert names.index("postcopy-paused") < names.index("postcopy-recovered") < names.index("completed")
         assert report.recovery and report.recovery["recovered"] >= 1, report.recovery
+        assert_documented(report.to_dict())
     rec = vms.record()
     assert rec.host == "dst" and rec.instance.alive()
     assert len(beats_on(rec.instance.paths.heartbeat)) > 50

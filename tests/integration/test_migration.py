@@ -17,6 +17,7 @@ from livemig.observe.heartbeat import HeartbeatReader
 from livemig.policy import parse_policy
 from livemig.sync import SyncMigration
 
+from ..unit.test_report_doc import assert_documented
 from .conftest import BANDWIDTH, NONCONVERGING, VMFactory
 
 pytestmark = pytest.mark.integration
@@ -80,6 +81,7 @@ def test_policy_completes_and_guest_keeps_running(
         assert report.switch_reason and policy in report.switch_reason
         assert report.postcopy_bytes and report.postcopy_bytes > 0
     assert report.blackout_ms is not None and 0 < report.blackout_ms < 5000
+    assert_documented(report.to_dict())
     g = report.guest
     assert g["heartbeats"] > 10 and g["max_stall_ms"] is not None
     assert g["lost"] <= g["heartbeats"] // 10, g

@@ -32,6 +32,7 @@ from livemig.qemu.monitor import Monitor
 from livemig.spec import VMSpec
 from livemig.vm import fill_image
 
+from ..unit.test_report_doc import assert_documented
 from .conftest import NONCONVERGING, qemu_running
 from .test_cli import assert_one_line_error, livemig
 from .test_migration import beats_on
@@ -167,6 +168,7 @@ def assert_moved(src: Qemu, dst: Qemu, report: dict[str, object], seq_before: in
     assert not list(runtime.glob("qemu/*")), "livemig started a QEMU"
     guest = report["guest"]
     assert isinstance(guest, dict) and guest["heartbeats"] > 0
+    assert_documented(report)
 
 
 @pytest.mark.parametrize(

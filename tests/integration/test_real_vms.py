@@ -21,6 +21,7 @@ from livemig.lab.plan import guest_ip
 from livemig.policy import parse_policy
 from livemig.sync import SyncMigration
 
+from ..unit.test_report_doc import assert_documented
 from .conftest import VMFactory, qemu_running, qmp_query
 from .test_cli import assert_one_line_error, livemig
 from .test_migration import beats_on
@@ -128,6 +129,7 @@ def test_a_bridged_guest_with_a_disk_migrates_and_keeps_its_address(
     assert net["sent"] > 100 and net["received"] > 0 and net["max_gap_ms"] is not None
     assert net["lost"] >= 0 and net["max_gap_ms"] >= report.blackout_ms * 0.5  # a client saw the pause
     assert net["announce"]["frames"] >= 1, net  # the destination announced the VM's MAC
+    assert_documented(report.to_dict())
     # the destination QEMU's own announce settings (livemig sets them before it listens)
     announce = qmp_query(vms.registry.load("web").instance.paths.qmp_aux, "query-migrate-parameters")
     assert announce["announce-rounds"] == 6 and announce["announce-initial"] == 10, announce

@@ -1,0 +1,83 @@
+"""docs/report.md documents every field of the report (the contract), checked against the
+dataclass here and against real reports in the integration tests (assert_documented)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from livemig.core.report import MigrationReport
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "report.md"
+# containers whose keys are QEMU's or free-form (documented as a whole)
+OPAQUE = {"parameters", "evidence", "link", "events[].data", "guest.faultprobe", "guest.verify",
+          "guest.sides", "network.announce", "recovery", "tunings[]"}  # fmt: skip
+
+
+CONTAINERS = {"events[]", "events[].data", "decisions[]", "timeline[]", "tunings[]", "recovery", "evidence",
+              "link", "parameters", "guest.stalls[]", "guest.faultprobe", "guest.sides", "network"}  # fmt: skip
+
+
+def documented() -> set[str]:
+    """Every `name` in the first column of the document's tables; for a container, the
+    `names` its meaning column lists too; and every prefix of those."""
+    names: set[str] = set()
+    for line in DOC.read_text().splitlines():
+        if not line.startswith("| `"):
+            continue
+        first, *rest = line.split(" | ")
+        for field in re.findall(r"`([^`]+)`", first):
+            names.add(field)
+            if field in CONTAINERS:
+                names |= {f"{field}.{sub}" for sub in re.findall(r"`([a-z_]+)", " ".join(rest))}
+    for name in list(names):
+        parts = name.split(".")
+        for k in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:k])
+            names |= {prefix, prefix.removesuffix("[]")}
+    return names
+
+
+def paths(obj: Any, prefix: str = "") -> set[str]:
+    """Dotted key paths of a report (lists of objects as ``name[]``)."""
+    out: set[str] = set()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            p = f"{prefix}{k}"
+            out.add(p)
+            if p not in OPAQUE:
+                out |= paths(v, p + ".")
+    elif isinstance(obj, list):
+        p = prefix.rstrip(".") + "[]"
+        for item in obj:
+            if isinstance(item, dict) and p not in OPAQUE:
+                out |= {f"{p}.{k}" for k in item} | paths(item, p + ".") - {p}
+    return {x.replace(".[]", "[]") for x in out}
+
+
+def assert_documented(report: dict[str, Any]) -> None:
+    missing = sorted(p for p in paths(report) if p not in documented())
+    assert not missing, f"report fields not in docs/report.md: {missing}"
+
+
+def test_every_field_of_the_dataclass_is_documented() -> None:
+    fields = {f.name for f in dataclasses.fields(MigrationReport)}
+    assert fields <= documented(), sorted(fields - documented())
+
+
+def test_no_key_has_a_space() -> None:
+    assert not [f for f in documented() if " " in f]
+
+
+def test_a_recorded_report_is_documented() -> None:
+    report = {"vm": "v", "guest": {"max_stall_ms": 1.0, "stalls": [{"after_seq": 1, "ms": 2.0}]},
+              "timeline": [{"t": 0.1, "mbps": 1.0}], "decisions": [{"trigger": "start"}]}  # fmt: skip
+    assert_documented(report)
+    try:
+        assert_documented({"vm": "v", "nosuch": 1})
+    except AssertionError as exc:
+        assert "nosuch" in str(exc)
+    else:
+        raise AssertionError("an undocumented field went unnoticed")
