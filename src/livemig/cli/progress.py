@@ -1,5 +1,5 @@
 """The live progress line of ``livemig migrate`` on a terminal: phase, pass,
-transferred/remaining, dirty rate and throughput, redrawn from the engine's latest
+transferred/remaining, dirty rate and throughput, redrawn from the core's latest
 sample (phase changes themselves come from pushed events)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Switch-over policies: pure decisions over a frozen progress snapshot.
 
-A policy never does I/O. The engine calls :meth:`Policy.decide` with a
+A policy never does I/O. The core (:mod:`livemig.core`) calls :meth:`Policy.decide` with a
 :class:`Progress` whenever a pass ends (a pushed ``MIGRATION_PASS`` event) and
 on its progress ticks; every decision carries its reason, which is logged and
 reported. Policy strings (``--policy``):

@@ -24,7 +24,7 @@ class PassStat:
 
 @dataclass(frozen=True)
 class Progress:
-    """What the engine knows when it asks a policy.
+    """What the core knows when it asks a policy.
 
     ``passes_done`` counts completed pre-copy passes (QEMU's MIGRATION_PASS
     ``pass`` minus one). Rates are bytes per second; ``None`` when unknown.
