@@ -326,6 +326,16 @@ def plot_timeline(result: dict[str, Any], path: Path) -> Path | None:
 
 
 # -- markdown -----------------------------------------------------------------
+def _target_lines(summaries: list[Summary]) -> list[str]:
+    lines = ["## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
+    for t in targets(summaries):
+        if t["measured"] == "not measured":
+            continue  # a target of scenarios this run did not include
+        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+        lines.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {met} |")
+    return [*lines, ""]
+
+
 def write_report(results_dir: Path, out_dir: Path, command: str = "", all_timelines: bool = False) -> Path:
     """Write ``out_dir/benchmarks.md`` and its PNGs (under ``out_dir/img``)."""
     results = load_results(results_dir)
@@ -342,13 +352,7 @@ def write_report(results_dir: Path, out_dir: Path, command: str = "", all_timeli
                   f"{len(results)} runs. Cells: median (min-max) over their repeats.", ""]  # fmt: skip
     if any_run and any_run["dimensions"]["accel"] == "tcg":
         lines += ["## Reading these numbers (TCG)", "", *TCG_NOTES, ""]
-    lines += ["## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
-    for t in targets(summaries):
-        if t["measured"] == "not measured":
-            continue  # a target of scenarios this run did not include
-        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
-        lines.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {met} |")
-    lines.append("")
+    lines += _target_lines(summaries)
     by_scenario: dict[str, list[Summary]] = defaultdict(list)
     for s in summaries:
         by_scenario[s.scenario].append(s)
