@@ -256,29 +256,42 @@ def _plt() -> Any:
     return plt
 
 
+PLOT_METRICS = ("max_stall_ms", "blackout_ms", "total_time_ms")  # the policies family's panels
+
+
 def plot_scenario(summaries: list[Summary], scenario: str, path: Path) -> Path | None:
+    """Per metric, each cell's median with min-max whiskers over its completed runs (y from
+    zero); a cell whose runs did not all complete says so under its name."""
     cells = [s for s in summaries if s.scenario == scenario]
-    metrics = [m for m in metrics_for(scenario) if any(s.values(m) for s in cells)]
+    wanted = PLOT_METRICS if scenario.startswith("policies-") else metrics_for(scenario)
+    metrics = [m for m in wanted if any(s.values(m, True) for s in cells)]
     if not cells or not metrics:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4.4), squeeze=False)
     labels = [
         s.cell.split("/", 1)[1]
         + ("" if s.completed == len(s.runs) else f"\n({s.completed}/{len(s.runs)} completed)")
         for s in cells
     ]
+    repeats = max(len(s.runs) for s in cells)
     for ax, metric in zip(axes[0], metrics, strict=True):
         for i, s in enumerate(cells):
-            st = s.stat(metric)
+            st = s.stat(metric, True)
             if st is None:
                 continue
             ax.errorbar([i], [st.median], yerr=[[st.median - st.lo], [st.hi - st.median]], fmt="o", capsize=5)
-            ax.scatter([i] * len(s.values(metric)), s.values(metric), s=8, alpha=0.35, color="gray")
-        ax.set_title(metric, fontsize=10)
-        ax.set_xticks(range(len(cells)), labels, rotation=30, ha="right", fontsize=8)
+            if repeats > 1:
+                ax.scatter(
+                    [i] * len(s.values(metric, True)), s.values(metric, True), s=8, alpha=0.35, color="gray"
+                )
+        ax.set_title(metric, fontsize=11)
+        ax.set_ylabel(metric.rsplit("_", 1)[-1] if metric.endswith("_ms") else "", fontsize=9)
+        ax.set_ylim(bottom=0)
+        ax.set_xticks(range(len(cells)), labels, rotation=30, ha="right", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{scenario}: median, min-max whiskers, every run in gray", fontsize=11)
+    runs = "median of completed runs, min-max whiskers" + (", every run in gray" if repeats > 1 else "")
+    fig.suptitle(f"{scenario}: {runs}", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
