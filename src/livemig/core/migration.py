@@ -8,7 +8,8 @@ post-copy trouble is recovered by pausing both sides and reconnecting them.
 
 Why this module is over 500 lines: it is one class, the state machine's driver, whose
 methods share one condition variable and one state; everything that can stand alone
-already does (events.py and bus.py, sides.py, recovery.py, report.py, state.py).
+already does (events.py and bus.py, sides.py, policyloop.py, recovery.py, report.py,
+state.py); what is left is the sequencing of those against one backend.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from livemig.core.backend import Backend, BackendEvent, EventKind, MigrationInfo
 from livemig.core.bus import EventBus
 from livemig.core.events import MigrationEvent, translate
 from livemig.core.options import MigrationOptions
+from livemig.core.policyloop import PolicyLoop
 from livemig.core.recovery import Backoff, Reconnect, RecoveryStats, Watchdog
 from livemig.core.report import MigrationReport, Switch, build_report
 from livemig.core.sides import WHO, Sides
@@ -43,10 +45,10 @@ from livemig.errors import (
     UnsupportedError,
     UsageError,
 )
-from livemig.policy import Action, Decision, PassStat, Progress
+from livemig.policy import Action, Decision, Progress
 from livemig.policy.auto import QEMU_DEFAULT_LIMIT_MS
 
-__all__ = ["ATTACH_STATE", "Migration", "Sample"]
+__all__ = ["ATTACH_STATE", "Migration"]
 
 log = logging.getLogger(__name__)
 S = MigrationState
@@ -59,22 +61,8 @@ ATTACH_STATE: dict[str, MigrationState] = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One progress sample of the source, for the timeline and the progress display."""
-
-    t: float
-    info: MigrationInfo
-
-    def to_dict(self) -> dict[str, Any]:
-        i = self.info
-        return {"t": round(self.t, 4), "status": i.status, "remaining": i.remaining,
-                "transferred": i.transferred, "dirty_rate_bps": i.dirty_rate_Bps, "mbps": i.mbps}  # fmt: skip
-
-
 @dataclass
 class _Timing:
-    migrate_ts: float | None = None
     stop_ts: float | None = None  # the source's STOP, hypervisor time
     resume_ts: float | None = None  # the destination's RESUME, hypervisor time
     switch: Switch = field(default_factory=Switch)
@@ -103,8 +91,6 @@ class Migration:
         self._changed = asyncio.Condition()
         self._timing = _Timing()
         self._passes = 0
-        self._timeline: list[Sample] = []
-        self._decisions: list[dict[str, Any]] = []
         self._src_completed: BackendEvent | None = None  # the source's "completed", held back
         self.sides = Sides(self._changed, lambda: self._sm.terminal, self.log)
         self._watchdog = Watchdog(self.options.stall_timeout_s)
@@ -115,11 +101,8 @@ class Migration:
         self._failure: str | None = None
         self._failure_phase: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._pass_stats: list[PassStat] = []
-        self._tunings: list[
-            dict[str, Any]
-        ] = []  # operators' changes while it ran  # each pass's start figures (for adaptive policies)
-        self._limit_ms = self.options.downtime_limit_ms or QEMU_DEFAULT_LIMIT_MS
+        self._tunings: list[dict[str, Any]] = []  # operators' changes while it ran
+        self.loop = PolicyLoop(self.policy, self.options.downtime_limit_ms or QEMU_DEFAULT_LIMIT_MS)
         self._migrate_issued = asyncio.Event()
         self._postcopy_requested = False
         self._started = False  # postcopy-started was published
@@ -158,9 +141,9 @@ class Migration:
     @property
     def latest(self) -> dict[str, Any] | None:
         """The latest progress figures (from the sampler), for displays."""
-        if not self._timeline:
+        if not self.loop.timeline:
             return None
-        return {**self._timeline[-1].to_dict(), "passes": self._passes}
+        return {**self.loop.timeline[-1].to_dict(), "passes": self._passes}
 
     @property
     def events_so_far(self) -> list[MigrationEvent]:
@@ -389,20 +372,19 @@ class Migration:
             postcopy_bandwidth=postcopy_bandwidth,
         )
         if downtime_limit_ms is not None:
-            self._limit_ms = downtime_limit_ms
+            self.loop.limit_ms = downtime_limit_ms
         changed = {"max_bandwidth_Bps": max_bandwidth, "downtime_limit_ms": downtime_limit_ms,
                    "postcopy_bandwidth_Bps": postcopy_bandwidth}  # fmt: skip
-        started = self._timing.migrate_ts or time.time()
-        self._tunings.append({"t_s": round(time.time() - started, 3), "by": who,
+        self._tunings.append({"t_s": round(self.loop.elapsed_s, 3), "by": who,
                               **{k: v for k, v in changed.items() if v is not None}})  # fmt: skip
         self.log.info("tuned by %s: %s", who, {k: v for k, v in changed.items() if v is not None})
 
     def jobinfo(self) -> dict[str, Any]:
         """What ``livemig jobinfo`` shows (like ``virsh domjobinfo``): phase, pass, elapsed,
         bytes, rates, and the policy's current decision with its reason."""
-        last = self._timeline[-1].info if self._timeline else None
-        decision = self._decisions[-1] if self._decisions else None
-        started = self._timing.migrate_ts
+        last = self.loop.last
+        decision = self.loop.decisions[-1] if self.loop.decisions else None
+        started = self.loop.started
         return {
             "vm": self.name, "phase": str(self.state), "policy": str(self.policy), "pass": self._passes,
             "elapsed_s": round(time.time() - started, 3) if started else None,
@@ -410,7 +392,7 @@ class Migration:
             "remaining_bytes": last.remaining if last else None,
             "throughput_Bps": round(last.mbps * 1e6 / 8) if last else None,
             "dirty_rate_Bps": round(last.dirty_rate_Bps) if last else None,
-            "downtime_limit_ms": self._limit_ms,
+            "downtime_limit_ms": self.loop.limit_ms,
             "decision": {"action": decision["action"], "reason": decision["reason"]} if decision else None,
             "tunings": list(self._tunings),
         }  # fmt: skip
@@ -448,7 +430,7 @@ class Migration:
         await self._set_state(S.SETUP, "run() called")
         await self._open()
         self.negotiated = await self.backend.prepare(self.options, self.policy.allows_postcopy)
-        self._timing.migrate_ts = time.time()
+        self.loop.started = time.time()
         await self.backend.start()
 
     async def _adopt(self) -> None:
@@ -459,7 +441,7 @@ class Migration:
         self.sides.update("dst", view.dst_status)
         self._passes = view.info.dirty_sync_count
         total = view.info.total_time_ms
-        self._timing.migrate_ts = time.time() - (total / 1000 if total else 0.0)
+        self.loop.started = time.time() - (total / 1000 if total else 0.0)
         target = ATTACH_STATE.get(view.src_status)
         if target is None:
             raise MigrationFailed(
@@ -546,8 +528,8 @@ class Migration:
         base = MigrationReport(
             vm=self.name, status=str(self.state), policy=str(self.policy), qemu_version=self.backend.version,
             accel=self.backend.accel, preempt=False, passes=self._passes,
-            events=[e.to_dict() for e in self.bus.history], decisions=list(self._decisions), tunings=list(self._tunings),
-            timeline=[s.to_dict() for s in self._timeline], error=self._failure, phase=self._failure_phase,
+            events=[e.to_dict() for e in self.bus.history], decisions=list(self.loop.decisions), tunings=list(self._tunings),
+            timeline=[s.to_dict() for s in self.loop.timeline], error=self._failure, phase=self._failure_phase,
             recovery=self.recovery.to_dict() if self.recovery else None,
         )  # fmt: skip
         t = self._timing
@@ -571,58 +553,29 @@ class Migration:
 
     # -- policy ------------------------------------------------------------
     def snapshot(self) -> Progress:
-        last = self._timeline[-1].info if self._timeline else None
-        started = self._timing.migrate_ts or time.time()
-        return Progress(
-            passes_done=max(self._passes - 1, 0),
-            elapsed_s=time.time() - started,
-            remaining_bytes=last.remaining if last else None,
-            transferred_bytes=last.transferred if last else None,
-            dirty_rate_bps=last.dirty_rate_Bps if last else None,
-            bandwidth_bps=last.mbps * 1e6 / 8 if last else None,
-            passes=tuple(self._pass_stats),
-            downtime_limit_ms=self._limit_ms,
-            expected_downtime_ms=last.expected_downtime_ms if last else None,
-        )
+        return self.loop.snapshot(max(self._passes - 1, 0))
 
     async def _record_pass(self, n: int) -> None:
-        """The source's figures as pass ``n`` begins (what pass n-1 left dirty), then let an
-        adaptive policy decide on them."""
+        """The source's figures as pass ``n`` begins, then let an adaptive policy decide."""
         try:
             info = await self.backend.progress()
         except LivemigError as exc:
             self.log.info("no figures for pass %d: %s", n, exc)
             return
-        started = self._timing.migrate_ts or time.time()
-        self._pass_stats.append(
-            PassStat(
-                n,
-                time.time() - started,
-                info.remaining,
-                info.transferred,
-                info.dirty_rate_Bps,
-                info.mbps * 1e6 / 8,
-            )
-        )
+        self.loop.record_pass(n, info)
         if self.policy.adaptive:
             self._evaluate(f"pass {n} figures")
 
     def _evaluate(self, trigger: str) -> None:
         if self.state not in (S.SETUP, S.PRECOPY) or self._postcopy_requested:
             return
-        snap = self.snapshot()
-        decision = self.policy.decide(snap)
-        lever = decision.downtime_limit_ms
-        if decision.action is Action.CONTINUE and trigger == "tick" and lever is None:
-            return  # ticks only matter when they change something (timeouts, levers)
-        self._decisions.append(
-            {"trigger": trigger, "passes_done": snap.passes_done, "elapsed_s": round(snap.elapsed_s, 3),
-             "action": decision.action.value, "reason": decision.reason, "downtime_limit_ms": lever}
-        )  # fmt: skip
+        before = self.loop.limit_ms
+        decision = self.loop.decide(trigger, max(self._passes - 1, 0))
+        if decision is None:
+            return
         self.log.info("policy %s at %s: %s", self.policy, trigger, decision)
-        if lever is not None and lever != self._limit_ms:
-            self._limit_ms = lever
-            self._spawn(self._tune(lever), "tune")
+        if self.loop.limit_ms != before:
+            self._spawn(self._tune(self.loop.limit_ms), "tune")
         if decision.action is Action.SWITCH:
             self._spawn(self._policy_switch(decision), "policy-switch")
         elif decision.action is Action.ABORT:
@@ -654,8 +607,7 @@ class Migration:
             except LivemigError as exc:
                 self.log.debug("progress query failed: %s", exc)
             else:
-                started = self._timing.migrate_ts or time.time()
-                self._timeline.append(Sample(time.time() - started, info))
+                self.loop.sample(info)
                 self._check_stall(info)
                 self._evaluate("tick")
             await asyncio.sleep(self.options.tick_s)
