@@ -66,6 +66,7 @@ def metrics_of(report: MigrationReport, poll_ms: dict[str, float] | None = None)
         _metric("source_stopped_latency_ms", report.event_latency_ms("source-stopped"), "ms"),
         _metric("network_max_gap_ms", (report.network or {}).get("max_gap_ms"), "ms"),
         _metric("network_lost", (report.network or {}).get("lost"), "count"),
+        _metric("manager_cpu_share", report.manager_cpu_share, "ratio"),
     ]
     if poll_ms:
         out.append(_metric("poll_latency_mean_ms", round(statistics.fmean(poll_ms.values()), 3), "ms"))

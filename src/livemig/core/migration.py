@@ -102,6 +102,7 @@ class Migration:
         self._failure_phase: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tunings: list[dict[str, Any]] = []  # operators' changes while it ran
+        self._cost = (0.0, 0.0)  # process CPU time and monotonic time when the drive began
         self.loop = PolicyLoop(self.policy, self.options.downtime_limit_ms or QEMU_DEFAULT_LIMIT_MS)
         self._migrate_issued = asyncio.Event()
         self._postcopy_requested = False
@@ -460,6 +461,7 @@ class Migration:
             self._src_completed = BackendEvent(EventKind.STATUS, "src", time.time(), None, "completed")
 
     async def _drive(self, begin: Callable[[], Awaitable[None]]) -> MigrationReport:
+        self._cost = (time.process_time(), time.monotonic())
         try:
             await begin()
             self._migrate_issued.set()
@@ -537,6 +539,9 @@ class Migration:
             self._postcopy_requested and any(e.name == "postcopy-started" for e in self.bus.history)
         )
         switch = Switch(t.switch.requested_at_pass, t.switch.reason, took)
+        cpu0, wall0 = self._cost
+        cpu, wall = (time.process_time() - cpu0) * 1000, (time.monotonic() - wall0) * 1000
+        base.manager_cpu_ms, base.manager_cpu_share = round(cpu, 1), round(cpu / wall, 4) if wall else None
         src = await self._final_info("src")
         blocktime = self.negotiated is not None and self.negotiated.caps.get("postcopy-blocktime")
         dst = await self._final_info("dst") if blocktime else None

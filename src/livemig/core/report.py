@@ -49,6 +49,10 @@ class MigrationReport:
     link: dict[str, Any] | None = None
     physical_bound_ms: float | None = None
     time_vs_bound: float | None = None
+    # livemig's own cost: the CPU time of its process while it drove the migration, and
+    # that as a share of one core over the same wall-clock time
+    manager_cpu_ms: float | None = None
+    manager_cpu_share: float | None = None
     # What a client of the VM saw (the lab's client namespace, UDP echo every 5 ms):
     # sent, received, lost, max_gap_ms, and when the destination announced the VM.
     network: dict[str, Any] | None = None
