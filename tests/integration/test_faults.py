@@ -48,10 +48,12 @@ def migrate_with(
     opts: MigrationOptions,
     on: str,
     action: callable[[MigrationEvent], None],  # type: ignore[valid-type]
+    ended: list[float] | None = None,
 ) -> SyncMigration:
     """Migrate, running ``action`` in a thread at the first event named ``on``; the thread
     is joined afterwards and whatever it raised is raised here."""
     mig = SyncMigration("vm", options=opts, registry=vms.registry, to_host="dst")
+    ended = ended if ended is not None else [0.0]
     threads: list[threading.Thread] = []
     errors: list[BaseException] = []
 
@@ -68,6 +70,7 @@ def migrate_with(
 
     mig.on(on, once)
     mig.migrate()
+    ended[0] = time.monotonic()  # before the fault's thread is joined (a cut may outlast the run)
     for t in threads:
         t.join(60)
         assert not t.is_alive(), "the fault's thread did not end"
@@ -102,9 +105,9 @@ def lab(lab_env: Path) -> Lab:
 
 def test_link_cut_in_precopy_fails_in_bounded_time_and_keeps_the_source(lab: Lab, vms: VMFactory) -> None:
     src = vms.start(workload="dirty:mib=96,pattern=seq", host="src")
-    t0 = time.monotonic()
-    mig = migrate_with(vms, options("postcopy-after:5"), "pass", cut_for(lab, "dst", 0.5, 20.0))
-    took = time.monotonic() - t0
+    t0, ended = time.monotonic(), [0.0]
+    mig = migrate_with(vms, options("postcopy-after:5"), "pass", cut_for(lab, "dst", 0.5, 20.0), ended)
+    took = ended[0] - t0
     report = mig.report
     assert report is not None and report.status == "failed", report
     assert report.phase == "precopy" and "no migration progress" in (report.error or "")
