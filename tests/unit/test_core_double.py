@@ -42,6 +42,7 @@ class DoubleBackend:
     frozen: bool = False  # progress stops (a dead link)
     refuse_switch: bool = False
     refuse_recover: int = 0  # recover attempts that fail first
+    silent_start: bool = False  # start pushes no events (the test pushes them)
     src_status: str = "none"
     transferred: int = 0
     sink: EventSink | None = None
@@ -68,6 +69,8 @@ class DoubleBackend:
 
     async def start(self) -> None:
         self.commands.append("start")
+        if self.silent_start:
+            return
         await self.push(EventKind.STATUS, "src", "setup")
         await self.push(EventKind.STATUS, "src", "active")
         await self.push(EventKind.PASS, "src", n=1)
@@ -302,3 +305,23 @@ def test_one_paused_and_one_recovered_event_per_outage_and_one_start() -> None:
     assert report.recovery == {"outages": 2, "pauses": 2, "attempts": 2, "recovered": 2,
                                "last_reason": report.recovery["last_reason"],
                                "last_recovery_ms": report.recovery["last_recovery_ms"]}  # fmt: skip
+
+
+def test_a_status_that_skips_one_walks_the_legal_path() -> None:
+    """postcopy-active before active (found by the hostile-QEMU property test): the state
+    walks setup -> precopy -> postcopy instead of failing on an illegal transition."""
+
+    async def main() -> MigrationReport:
+        be = DoubleBackend(silent_start=True)
+        mig = Migration(be, fast("manual"))
+        task = asyncio.create_task(mig.run())
+        await until(lambda: "start" in be.commands)
+        assert mig.state is S.SETUP
+        await be.push(EventKind.STATUS, "src", "postcopy-active")
+        assert mig.state is S.POSTCOPY
+        await be.push(EventKind.RESUMED, "dst")
+        await be.complete()
+        return await asyncio.wait_for(task, 3)
+
+    report = asyncio.run(main())
+    assert report.status == "completed" and report.error is None

@@ -81,7 +81,7 @@ class HostileMonitor:
 
 @given(src_events=st.lists(events, max_size=12), dst_events=st.lists(events, max_size=6), r=replies,
        policy=st.sampled_from(["postcopy-after:1", "manual", "precopy", "postcopy-now", "auto"]))  # fmt: skip
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_a_hostile_qemu_ends_the_migration_cleanly(
     src_events: list[dict[str, Any]], dst_events: list[dict[str, Any]], r: dict[str, Any], policy: str
 ) -> None:

@@ -254,8 +254,9 @@ class Migration:
     async def _on_status(self, ev: BackendEvent) -> None:
         side, status = ev.side, str(ev.status)
         new = status_transition(side, status, self.state)
-        if new is not None:
-            await self._set_state(new, f"{WHO[side]} reports {status}")
+        if new is not None:  # by the legal walk: a status may skip one (postcopy-active before active)
+            for step in path(self.state, new):
+                await self._set_state(step, f"{WHO[side]} reports {status}")
         elif side == "src" and status == "completed":
             self._src_completed = ev
         elif status == "failed" and self._cancelling:
