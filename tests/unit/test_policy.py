@@ -59,3 +59,11 @@ def test_policy_is_pure() -> None:
     p = parse_policy("postcopy-after:2")
     s = snap(2)
     assert p.decide(s) == p.decide(s)
+
+
+@pytest.mark.parametrize(
+    "text", ["precopy", "precopy:timeout=40", "postcopy-after:3", "auto", "auto:max-pause=50ms,budget=120s"]
+)
+def test_a_policy_prints_as_given_and_parses_back(text: str) -> None:
+    p = parse_policy(text)
+    assert parse_policy(str(p)) == p and str(p) == text

@@ -404,7 +404,10 @@ class Migration:
         source keeps the whole VM."""
         if (await self.backend.progress()).postcopy:
             return  # switched meanwhile: never cancel after the switch
-        self.log.warning("%s: cancelling, the VM stays on the source", reason)
+        # the policy's own give-up is an outcome the report states, not a warning
+        self.log.log(
+            logging.WARNING if failure else logging.INFO, "%s: cancelling, the VM stays on the source", reason
+        )
         if self._failure is None:
             self._failure, self._failure_phase = reason, str(self.state)
         self._cancel_is_failure = failure

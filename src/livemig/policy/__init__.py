@@ -54,6 +54,8 @@ class Policy:
             return f"postcopy-after:{self.n}"
         if self.kind == "auto" and self.auto is not None and self.auto != AutoParams():
             return f"auto:max-pause={self.auto.max_pause_ms:g}ms,budget={self.auto.budget_s:g}s"
+        if self.kind == "precopy" and self.timeout_s != Policy("precopy").timeout_s:
+            return f"precopy:timeout={self.timeout_s:g}"  # as given: it parses back the same
         return self.kind
 
     @property
