@@ -9,6 +9,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -145,3 +146,13 @@ def qmp_query(path: Path, command: str) -> Any:
             await mon.close()
 
     return asyncio.run(ask())
+
+
+def wait_control(runtime: Path, name: str, proc: subprocess.Popen[Any], timeout: float = 60.0) -> None:
+    """Wait until ``name``'s migration (run by ``proc``) serves its control socket."""
+    ctl = runtime / "vms" / f"{name}.ctl"
+    deadline = time.monotonic() + timeout
+    while not ctl.exists():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "the migration ended"
+        assert time.monotonic() < deadline, "the migration's control socket never appeared"
+        time.sleep(0.05)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import NONCONVERGING, VMFactory, qemu_running
+from .conftest import NONCONVERGING, VMFactory, qemu_running, wait_control
 
 pytestmark = pytest.mark.integration
 
@@ -90,10 +90,7 @@ def test_postcopy_from_a_second_process(vms: VMFactory) -> None:
             [sys.executable, "-m", "livemig", "events"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
-        ctl = vms.registry.control_socket("vm")
-        deadline = time.monotonic() + 60
-        while not ctl.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_control(vms.runtime, "vm", migrate)
         time.sleep(1.5)  # let pre-copy run a pass
         status = livemig("vm", "list", "--json", runtime=vms.runtime)
         assert json.loads(status.stdout)[0]["status"].startswith("migrating")
@@ -187,10 +184,7 @@ def test_jobinfo_and_setspeed_on_a_running_migration(vms: VMFactory) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:
-        ctl = vms.registry.control_socket("vm")
-        deadline = time.monotonic() + 60
-        while not ctl.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_control(vms.runtime, "vm", migrate)
         time.sleep(3.0)  # pre-copy at 4 MiB/s for a while
         info = livemig("jobinfo", "vm", "--json", runtime=vms.runtime)
         assert info.returncode == 0, info.stderr

@@ -33,7 +33,7 @@ from livemig.spec import VMSpec
 from livemig.vm import fill_image
 
 from ..unit.test_report_doc import assert_documented
-from .conftest import NONCONVERGING, qemu_running
+from .conftest import NONCONVERGING, qemu_running, wait_control
 from .test_cli import assert_one_line_error, livemig
 from .test_migration import beats_on
 
@@ -140,15 +140,6 @@ def pairs(runtime: Path) -> Iterator[PairFactory]:
 def pair_args(src: Qemu, dst: Qemu, uri: str, *more: str) -> list[str]:
     return ["migrate", "--src-qmp", str(src.qmp), "--dst-qmp", str(dst.qmp), "--uri", uri,
             "--src-heartbeat", str(src.heartbeat), "--dst-heartbeat", str(dst.heartbeat), "--json", "-q", *more]  # fmt: skip
-
-
-def wait_control(runtime: Path, name: str, proc: subprocess.Popen[bytes]) -> None:
-    ctl = runtime / "vms" / f"{name}.ctl"
-    deadline = time.monotonic() + 30
-    while not ctl.exists():
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline, "the migration's control socket never appeared"
-        time.sleep(0.05)
 
 
 def free_port() -> int:
