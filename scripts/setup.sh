@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything livemig needs on Debian 12 (as root), idempotently:
 #   QEMU >= 9.0 (from bookworm-backports on Debian 12: 7.2 corrupts TCG guests in pre-copy),
-#   busybox-static and gcc (guest image), iproute2 (lab), a venv in .venv, and the guest image.
+#   busybox-static and gcc (guest image), iproute2 (lab), libvirt's daemon and headers (Debian 12's
+#   own 9.0: the 11.3 of bookworm-backports crashes in post-copy recovery, see the README), a venv
+#   in .venv, and the guest image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -54,14 +56,21 @@ fi
 
 missing=()
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
-for pkg in gcc libc6-dev iproute2 python3-venv; do
+# libvirt: the daemon and its QEMU driver without libvirt-daemon-system (which would start a system
+# daemon: the lab runs its own, one per host); libvirt-dev and pkg-config to build libvirt-python.
+for pkg in gcc libc6-dev iproute2 python3-venv python3-dev pkg-config libvirt-daemon libvirt-daemon-driver-qemu \
+    libvirt-clients libvirt-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   apt_update
   say "installing ${missing[*]}"
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# libvirt resolves its QEMU user even when QEMU runs as root (libvirt-daemon-system would add it)
+getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+getent passwd libvirt-qemu >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin \
+  --gid libvirt-qemu libvirt-qemu
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -72,7 +81,7 @@ stamp=.venv/.livemig-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installing livemig and its dependencies into .venv"
   .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[dev,lab,bench]'
+  .venv/bin/pip install -q -e '.[dev,lab,bench,libvirt]'
   touch "$stamp"
 fi
 

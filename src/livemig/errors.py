@@ -22,6 +22,7 @@ structured fields besides its message, so callers can act on it::
      |    +-- QemuDied
      |    +-- QMPCommandError    .command, .error_class
      |    +-- AdoptRefused       .what: the part of a foreign QEMU that cannot be recreated
+     +-- LibvirtCallError        .call, .code: a libvirt API call that failed (libvirt's code)
      +-- MigrationError          .state: the migration's state when it happened
           +-- StateError         .required: the states that would have allowed it
           +-- NotMigrating       no migration runs for that VM
@@ -47,6 +48,7 @@ __all__ = [
     "EnvironmentProblem",
     "GuestImageMissing",
     "LabError",
+    "LibvirtCallError",
     "LivemigError",
     "MigrationError",
     "MigrationFailed",
@@ -195,6 +197,19 @@ class QMPCommandError(VMError):
         self.error_class = error_class
         self.desc = desc
         self.message = f"{vm}: QMP {command} failed: {desc}"
+
+
+class LibvirtCallError(LivemigError):
+    """A libvirt API call failed; ``code`` is libvirt's error number (VIR_ERR_*)."""
+
+    def __init__(self, call: str, code: int, message: str) -> None:
+        super().__init__(call, code, message)
+        self.call = call
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.call}: {self.message}"
 
 
 class MigrationError(LivemigError):

@@ -18,7 +18,6 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,11 +25,11 @@ from livemig.adopt import peer_pid
 from livemig.backends.qemu import Endpoint, QemuBackend
 from livemig.control import ControlServer, request
 from livemig.core.bus import EventBus
-from livemig.core.events import MigrationEvent
 from livemig.core.migration import Migration
 from livemig.core.options import MigrationOptions
 from livemig.core.report import MigrationReport
 from livemig.errors import LivemigError, MigrationError, QemuDied, UsageError
+from livemig.handle import MigrationHandle
 from livemig.observe.heartbeat import HeartbeatReader, guest_view
 from livemig.qemu.monitor import Monitor
 from livemig.registry import Registry
@@ -155,7 +154,7 @@ def check_pair(src: QemuView, dst: QemuView) -> None:
         raise UsageError(f"accelerators differ: source {src.accel}, destination {dst.accel}")
 
 
-class PairMigration:
+class PairMigration(MigrationHandle):
     """One migration of a :class:`QemuPair`. Async API: ``await run()``, and concurrently
     ``start_postcopy()``, ``cancel()``, ``events()``; other processes reach it through the
     control socket of its name (``livemig postcopy NAME``)."""
@@ -180,10 +179,6 @@ class PairMigration:
     def __repr__(self) -> str:
         state = self.migration.state if self.migration else "not started"
         return f"<PairMigration {self.name} {state} {self.pair.src_qmp} -> {self.pair.dst_qmp}>"
-
-    def on_event(self, callback: Callable[[MigrationEvent], None]) -> None:
-        """Call ``callback(event)`` for every event (in the event loop's thread)."""
-        self.bus.on(callback)
 
     async def _connect(self, path: Path, side: str) -> Monitor:
         flag = f"--{side}-qmp"
@@ -285,13 +280,3 @@ class PairMigration:
                 f"not yet sent; `livemig migrate --src-qmp {src} --dst-qmp {dst} --uri ... --attach` "
                 "takes it over"
             )
-
-    async def start_postcopy(self, reason: str = "requested by caller") -> None:
-        if self.migration is None:
-            raise MigrationError(f"{self.name} is not migrating yet")
-        await self.migration.start_postcopy(reason)
-
-    async def cancel(self, reason: str = "cancelled by caller") -> None:
-        if self.migration is None:
-            raise MigrationError(f"{self.name} is not migrating yet")
-        await self.migration.cancel(reason)

@@ -17,7 +17,8 @@ OPAQUE = {"parameters", "evidence", "link", "events[].data", "guest.faultprobe",
 
 
 CONTAINERS = {"events[]", "events[].data", "decisions[]", "timeline[]", "tunings[]", "recovery", "evidence",
-              "link", "parameters", "guest.stalls[]", "guest.faultprobe", "guest.sides", "network"}  # fmt: skip
+              "link", "parameters", "guest.stalls[]", "guest.faultprobe", "guest.sides", "network", "backend",
+              "backend.lifecycle[]"}  # fmt: skip
 
 
 def documented() -> set[str]:

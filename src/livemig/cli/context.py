@@ -6,7 +6,7 @@ import click
 
 from livemig.registry import Registry
 
-__all__ = ["registry_of"]
+__all__ = ["connect_of", "registry_of"]
 
 
 def registry_of(ctx: click.Context) -> Registry:
@@ -15,3 +15,10 @@ def registry_of(ctx: click.Context) -> Registry:
         obj["registry"] = Registry()
     reg: Registry = obj["registry"]
     return reg
+
+
+def connect_of(ctx: click.Context) -> str | None:
+    """The libvirt URI of ``-c`` / ``LIVEMIG_CONNECT`` (None: livemig's own VMs)."""
+    obj = ctx.find_root().ensure_object(dict)
+    uri: str | None = obj.get("connect")
+    return uri

@@ -12,6 +12,7 @@ from rich.table import Table
 from livemig.cli.render import out
 from livemig.errors import LabError
 from livemig.lab import Lab, Shaping
+from livemig.lab.libvirtd import lab_domains, running_daemons, start_daemons, stop_daemons
 from livemig.registry import Registry
 from livemig.units import parse_duration_ms, parse_rate, parse_size_bytes
 
@@ -49,10 +50,19 @@ def lab() -> None:
 
 @lab.command("up")
 @click.option("--hosts", default=2, show_default=True, type=int, help="How many hosts (src, dst, h3, ...).")
+@click.option("--libvirt", "with_libvirt", is_flag=True,
+              help="Also run one libvirt daemon per host, in its namespace (`livemig -c HOST ...`).")  # fmt: skip
 @_with_shape
-def lab_up(hosts: int, bandwidth: str, burst: str, latency: str) -> None:
+def lab_up(hosts: int, with_libvirt: bool, bandwidth: str, burst: str, latency: str) -> None:
     """Create the lab (or reshape the one that is up)."""
-    the_lab = Lab.up(hosts, _shaping(bandwidth, burst, latency), Registry().root)
+    root = Registry().root
+    the_lab = Lab.up(hosts, _shaping(bandwidth, burst, latency), root)
+    if with_libvirt:
+        try:
+            start_daemons(root, [(h.name, h.netns) for h in the_lab.plan.hosts])
+        except LabError:
+            stop_daemons(root)
+            raise
     _print_status(the_lab)
 
 
@@ -86,6 +96,15 @@ def lab_down() -> None:
     on_lab = [r.name for r in reg.all() if r.host is not None and r.instance.alive()]
     if on_lab:
         raise LabError(f"VMs run on lab hosts ({', '.join(on_lab)}); stop them first (`livemig vm stop`)")
+    domains = lab_domains(reg.root)
+    if domains:
+        raise LabError(
+            f"domains run on the lab's libvirt daemons ({', '.join(domains)}); stop them first "
+            "(`livemig -c HOST vm stop NAME`)"
+        )
+    stopped = stop_daemons(reg.root)
+    if stopped:
+        out.print(f"lab down: stopped the libvirt daemons of {', '.join(stopped)}")
     removed = the_lab.down()
     out.print(f"lab down: removed {', '.join(removed) or 'nothing (already gone)'}")
 
@@ -96,7 +115,11 @@ def lab_status(as_json: bool) -> None:
     """Show hosts, addresses and shaping, as the kernel has them."""
     the_lab = Lab.current(Registry().root)
     if as_json:
-        click.echo(json.dumps(the_lab.status() if the_lab else None))
+        st = the_lab.status() if the_lab else None
+        if the_lab is not None and st is not None:
+            st["libvirt"] = [{"host": d.host, "pid": d.pid, "running": d.alive(), "uri": d.uri}
+                             for d in running_daemons(the_lab.root)]  # fmt: skip
+        click.echo(json.dumps(st))
     elif the_lab is None:
         out.print("no lab is up")
     else:
@@ -106,6 +129,7 @@ def lab_status(as_json: bool) -> None:
 def _print_status(the_lab: Lab) -> None:
     st = the_lab.status()
     table = Table("host", "netns", "address", "egress qdisc", title=f"lab: {st['shaping']}, both directions")
+    daemons = {d.host: d for d in running_daemons(the_lab.root)}
     for h in st["hosts"]:
         q = h.get("qdisc")
         shaped = (
@@ -115,5 +139,8 @@ def _print_status(the_lab: Lab) -> None:
         )
         table.add_row(h["host"], h["netns"], h["address"], shaped)
     out.print(table)
+    for host, d in daemons.items():
+        out.print(f"{host}: libvirt {'running' if d.alive() else '[red]not running[/]'} (pid {d.pid}): {d.uri}",
+                  soft_wrap=True)  # fmt: skip
     if st["missing"]:
         out.print(f"[red]missing namespaces: {', '.join(st['missing'])}[/]")

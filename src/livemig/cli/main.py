@@ -13,7 +13,7 @@ from rich.table import Table
 
 from livemig.adopt import adopt_vm, adopted_launch
 from livemig.cli.bench import bench
-from livemig.cli.context import registry_of
+from livemig.cli.context import connect_of, registry_of
 from livemig.cli.demo import demo
 from livemig.cli.lab import lab
 from livemig.cli.migrate import (
@@ -28,6 +28,7 @@ from livemig.cli.migrate import (
     recover,
 )
 from livemig.cli.render import Verbosity, out
+from livemig.cli.virt import domain_list, domain_start, domain_stop
 from livemig.errors import UsageError
 from livemig.guest import build_image, parse_workload
 from livemig.qemu.argv import InstancePaths
@@ -45,10 +46,18 @@ __all__ = ["cli"]
     envvar="LIVEMIG_RUNTIME_DIR",
     help="Where VM records and sockets live (default /run/livemig for root).",
 )
+@click.option(
+    "-c",
+    "--connect",
+    metavar="URI",
+    envvar="LIVEMIG_CONNECT",
+    help="A libvirt daemon (as virsh -c): vm, migrate and recover act on its domains. "
+    "A lab host's name stands for its daemon (lab up --libvirt).",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for QMP traffic).")
 @click.version_option(package_name="livemig")
 @click.pass_context
-def cli(ctx: click.Context, runtime_dir: Path | None, verbose: int) -> None:
+def cli(ctx: click.Context, runtime_dir: Path | None, connect: str | None, verbose: int) -> None:
     """livemig: live migration of QEMU VMs, post-copy done well."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
@@ -57,7 +66,7 @@ def cli(ctx: click.Context, runtime_dir: Path | None, verbose: int) -> None:
         logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     if runtime_dir is not None:
         os.environ["LIVEMIG_RUNTIME_DIR"] = str(runtime_dir)
-    ctx.ensure_object(dict)
+    ctx.ensure_object(dict)["connect"] = connect or None
 
 
 # -- guest --------------------------------------------------------------------
@@ -133,6 +142,12 @@ def vm_start(
         "workload": parse_workload(workload) if workload is not None else None,
     }  # fmt: skip
     spec = spec.with_changes(**{k: v for k, v in changes.items() if v is not None})
+    if (uri := connect_of(ctx)) is not None:
+        if host is not None:
+            raise UsageError("--host is for livemig's own VMs; with -c the daemon's host runs the domain")
+        name = domain_start(uri, spec, registry_of(ctx).root, wait=not no_wait)
+        out.print(name)
+        return
     rec = start_vm(spec, registry_of(ctx), host=host, wait=not no_wait)
     spec = rec.spec
     extras = "".join(
@@ -148,7 +163,17 @@ def vm_start(
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def vm_list(ctx: click.Context, as_json: bool) -> None:
-    """List recorded VMs."""
+    """List recorded VMs (with -c: the daemon's domains, with their migration state)."""
+    if (uri := connect_of(ctx)) is not None:
+        rows = domain_list(uri, registry_of(ctx).root)
+        if as_json:
+            out.print_json(json.dumps(rows))
+            return
+        table = Table("name", "state", "memory", "migration", title=uri)
+        for row in rows:
+            table.add_row(row["name"], row["state"], f"{row['memory_mib']} MiB", row["migration"])
+        out.print(table)
+        return
     recs = registry_of(ctx).all()
     if as_json:
         out.print_json(json.dumps([{**r.to_dict(), "status": r.status, "where": r.where} for r in recs]))
@@ -187,7 +212,11 @@ def vm_show(ctx: click.Context, name: str, as_spec: bool) -> None:
 @click.argument("name")
 @click.pass_context
 def vm_stop(ctx: click.Context, name: str) -> None:
-    """Stop VM NAME (quit its QEMU) and forget it."""
+    """Stop VM NAME (quit its QEMU) and forget it (with -c: destroy the domain NAME)."""
+    if (uri := connect_of(ctx)) is not None:
+        domain_stop(uri, name, registry_of(ctx).root)
+        out.print(f"destroyed {name}")
+        return
     stop_vm(name, registry_of(ctx))
     out.print(f"stopped {name}")
 

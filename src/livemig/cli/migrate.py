@@ -15,9 +15,10 @@ from typing import Any
 
 import click
 
-from livemig.cli.context import registry_of
+from livemig.cli.context import connect_of, registry_of
 from livemig.cli.progress import show_progress
 from livemig.cli.render import err, out, plan_table, print_event, summary_table
+from livemig.cli.virt import run_domain
 from livemig.control import request, stream
 from livemig.core.options import MigrationOptions
 from livemig.core.report import MigrationReport
@@ -131,6 +132,11 @@ def migration_options(
     type=click.Path(path_type=Path),
     help="Orchestrator mode: the destination's heartbeat chardev (UNIX socket).",
 )
+@click.option("--migrateuri", "migrate_uri", default=None,
+              help="With -c: where QEMU's stream goes, tcp://ADDRESS[:PORT] (default: a lab host's "
+              "link address, else libvirt's choice).")  # fmt: skip
+@click.option("--postcopy-resume", is_flag=True,
+              help="With -c: resume DOMAIN's paused post-copy migration (like virsh).")  # fmt: skip
 @click.option("--live", is_flag=True, help="Accepted for virsh habits: livemig always migrates live.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
@@ -159,6 +165,8 @@ def migrate(
     pair_name: str | None,
     src_heartbeat: Path | None,
     dst_heartbeat: Path | None,
+    migrate_uri: str | None,
+    postcopy_resume: bool,
     live: bool,
     as_json: bool,
     quiet: bool,
@@ -179,6 +187,17 @@ def migrate(
     )  # fmt: skip
     opts = dataclasses.replace(opts, tls=tls)
     reg = registry_of(ctx)
+    if (conn := connect_of(ctx)) is not None:
+        if src_qmp or dst_qmp or uri or pair_name or src_heartbeat or dst_heartbeat or heartbeat_log:
+            raise UsageError("with -c, migrate takes DOMAIN --to URI; the --src-*/--dst-*/--uri options are "
+                             "for QEMU pairs")  # fmt: skip
+        if name is None or to_host is None:
+            raise UsageError("with -c, give a DOMAIN and --to URI (the destination daemon)")
+        report = run_domain(conn, name, to_host, opts, reg, migrate_uri, quiet, attach, postcopy_resume)
+        _conclude(name, report, as_json)
+        return
+    if migrate_uri or postcopy_resume:
+        raise UsageError("--migrateuri and --postcopy-resume go with -c URI (libvirt domains)")
     if src_qmp is not None or dst_qmp is not None or uri is not None:
         if src_qmp is None or dst_qmp is None or uri is None:
             raise UsageError("orchestrator mode needs all of --src-qmp, --dst-qmp and --uri")
@@ -205,16 +224,26 @@ def migrate(
 @click.argument("name")
 @click.option("--deadline", default=120.0, show_default=True, type=float,
               help="Keep retrying this long; then both QEMUs stay paused.")  # fmt: skip
+@click.option("--to", "to_host", default=None, help="With -c: the destination daemon's URI.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.pass_context
-def recover(ctx: click.Context, name: str, deadline: float, as_json: bool, quiet: bool) -> None:
+def recover(
+    ctx: click.Context, name: str, deadline: float, to_host: str | None, as_json: bool, quiet: bool
+) -> None:
     """Recover NAME's paused post-copy migration (like virsh --postcopy-resume) and finish it."""
     reg = registry_of(ctx)
-    reg.load(name)
     opts = migration_options(
-        "manual", None, None, None, False, 0, "127.0.0.1", False, recover_deadline=deadline
+        "manual", None, None, None, True, 0, "127.0.0.1", False, recover_deadline=deadline
     )
+    if (conn := connect_of(ctx)) is not None:
+        if to_host is None:
+            raise UsageError("with -c, recover needs --to URI (the destination daemon)")
+        _conclude(name, run_domain(conn, name, to_host, opts, reg, None, quiet, True, True), as_json)
+        return
+    if to_host is not None:
+        raise UsageError("--to goes with -c URI; livemig knows where its own VMs migrate")
+    reg.load(name)
     _conclude(name, run_migration(name, opts, reg, None, quiet, attach=True), as_json)
 
 
@@ -226,7 +255,8 @@ def _conclude(name: str, report: MigrationReport, as_json: bool) -> None:
         if report.where:
             out.print(f"the VM is on the {report.where}")
     if report.status != "completed":
-        raise MigrationFailed(f"{name}: migration {report.status}: {report.error}", phase=report.phase or "")
+        why = report.error or (f"the VM is on the {report.where}" if report.where else "no reason given")
+        raise MigrationFailed(f"{name}: migration {report.status}: {why}", phase=report.phase or "")
 
 
 def run_migration(
@@ -354,7 +384,7 @@ def _follow_all(reg: Registry, scan_s: float = 0.2) -> None:
                     click.echo(json.dumps(line))
 
     while True:
-        for vm in reg.names():
+        for vm in sorted({*reg.names(), *(p.stem for p in reg.vms.glob("*.ctl"))}):
             path = reg.control_socket(vm)
             with contextlib.suppress(FileNotFoundError):
                 key = (vm, path.stat().st_ino)

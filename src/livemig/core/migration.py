@@ -107,6 +107,7 @@ class Migration:
         self._migrate_issued = asyncio.Event()
         self._postcopy_requested = False
         self._started = False  # postcopy-started was published
+        self._switched_before_attach = False  # attach() found the migration in post-copy
 
     def __repr__(self) -> str:
         return (
@@ -458,7 +459,7 @@ class Migration:
         for step in path(self.state, target):
             await self._set_state(step, f"attached: source {view.src_status}, destination {view.dst_status}")
         if target in (S.POSTCOPY, S.POSTCOPY_PAUSED):
-            self._postcopy_requested = self._started = True
+            self._postcopy_requested = self._started = self._switched_before_attach = True
             self._timing.switch = Switch(None, "switched before livemig reattached")
         self._dst_resumed = view.dst_running or self._dst_resumed
         if view.src_status == "completed":
@@ -539,8 +540,10 @@ class Migration:
             recovery=self.recovery.to_dict() if self.recovery else None,
         )  # fmt: skip
         t = self._timing
-        took = self.state in (S.POSTCOPY, S.POSTCOPY_PAUSED) or (
-            self._postcopy_requested and any(e.name == "postcopy-started" for e in self.bus.history)
+        took = (
+            self.state in (S.POSTCOPY, S.POSTCOPY_PAUSED)
+            or self._switched_before_attach
+            or (self._postcopy_requested and any(e.name == "postcopy-started" for e in self.bus.history))
         )
         switch = Switch(t.switch.requested_at_pass, t.switch.reason, took)
         cpu0, wall0 = self._cost

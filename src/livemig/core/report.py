@@ -56,6 +56,7 @@ class MigrationReport:
     # What a client of the VM saw (the lab's client namespace, UDP echo every 5 ms):
     # sent, received, lost, max_gap_ms, and when the destination announced the VM.
     network: dict[str, Any] | None = None
+    backend: dict[str, Any] | None = None  # which backend moved it, when not livemig's own QEMUs
 
     def set_bound(self, rate_bps: int | None) -> None:
         """Record the physical bound for a bottleneck of ``rate_bps`` bytes/s."""

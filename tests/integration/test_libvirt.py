@@ -1,0 +1,279 @@
+"""livemig on libvirt: real libvirt daemons (one per lab host, in its namespace), real
+QEMU guests, real migrations over the shaped link. Every check that matters asks libvirt
+or the guest directly, not livemig's own report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..unit.test_report_doc import assert_documented
+
+pytestmark = [pytest.mark.integration, pytest.mark.lab]
+
+libvirt = pytest.importorskip("libvirt")
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # the tests read errors as exceptions
+PREFIX = "lmv-"
+DOMAIN = "lvd"
+WORKLOAD = "dirty:mib=64,rate=4"
+
+
+@dataclass
+class LibvirtLab:
+    root: Path
+    env: dict[str, str]
+
+    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "livemig", *args],
+            env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "livemig", *args],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def uri(self, host: str) -> str:
+        return f"qemu+unix:///system?socket={self.root}/lab-libvirt/{host}/sock/libvirt-sock"
+
+    def state(self, host: str, name: str = DOMAIN) -> int | None:
+        """The domain's state as libvirt says (None: no such domain on that host)."""
+        conn = libvirt.open(self.uri(host))
+        try:
+            return int(conn.lookupByName(name).state()[0])
+        except libvirt.libvirtError:
+            return None
+        finally:
+            conn.close()
+
+    def where(self, name: str = DOMAIN) -> str:
+        running = [h for h in ("src", "dst") if self.state(h, name) == libvirt.VIR_DOMAIN_RUNNING]
+        assert len(running) == 1, f"{name} runs on {running}"
+        return running[0]
+
+    def migrate(self, *extra: str, name: str = DOMAIN) -> tuple[dict[str, Any], str, str]:
+        """Migrate NAME to the other host; the report, and the hosts it went from and to."""
+        frm = self.where(name)
+        to = "dst" if frm == "src" else "src"
+        r = self.cli("-c", frm, "migrate", name, "--to", to, "--json", "-q", *extra)
+        assert r.stdout, r.stderr
+        return json.loads(r.stdout), frm, to
+
+    def wait_control(self, proc: subprocess.Popen[str], name: str = DOMAIN, timeout: float = 60) -> None:
+        ctl = self.root / "vms" / f"{name}.ctl"
+        deadline = time.monotonic() + timeout
+        while not ctl.exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "ended"
+            assert time.monotonic() < deadline, "no control socket"
+            time.sleep(0.05)
+
+    def start(self, policy: str, phase: str, *extra: str) -> tuple[subprocess.Popen[str], str, str]:
+        """A migration of the domain to the other host, in the background, once in ``phase``."""
+        frm = self.where()
+        to = "dst" if frm == "src" else "src"
+        mig = self.popen("-c", frm, "migrate", DOMAIN, "--to", to, "--policy", policy, "--json", "-q", *extra)
+        self.wait_control(mig)
+        self.wait_phase(DOMAIN, phase)
+        return mig, frm, to
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.cli("jobinfo", name, "--json")
+            if r.returncode == 0 and json.loads(r.stdout)["phase"] == phase:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{name} never reached {phase}")
+
+
+def _daemon_pids(root: Path) -> list[int]:
+    pids = []
+    for rec in root.glob("lab-libvirt/*/daemon.json"):
+        pid = json.loads(rec.read_text())["pid"]
+        if Path(f"/proc/{pid}").exists():
+            pids.append(pid)
+    return pids
+
+
+def _domain_qemus() -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = stat.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            argv
+            and argv[0].endswith(b"qemu-system-x86_64")
+            and b"guest=" + DOMAIN.encode() in b" ".join(argv)
+        ):
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LibvirtLab]:
+    if os.geteuid() != 0:
+        if os.environ.get("LIVEMIG_SKIP_LAB") == "1":
+            pytest.skip("LIVEMIG_SKIP_LAB=1: lab tests skipped on request")
+        pytest.fail("the lab needs root (network namespaces); run as root, or set LIVEMIG_SKIP_LAB=1")
+    root = Path(tempfile.mkdtemp(prefix="lv", dir="/tmp"))
+    env = {**os.environ, "LIVEMIG_RUNTIME_DIR": str(root), "LIVEMIG_LAB_PREFIX": PREFIX}
+    env.pop("LIVEMIG_CONNECT", None)
+    the_lab = LibvirtLab(root, env)
+    up = the_lab.cli("lab", "up", "--libvirt")
+    assert up.returncode == 0, up.stderr
+    try:
+        r = the_lab.cli("-c", "src", "vm", "start", DOMAIN, "--workload", WORKLOAD, "--memory", "256")
+        assert r.returncode == 0, r.stderr
+        yield the_lab
+    finally:
+        for host in ("src", "dst"):
+            the_lab.cli("-c", host, "vm", "stop", DOMAIN)
+        down = the_lab.cli("lab", "down")
+        pids = _daemon_pids(root)
+        shutil.rmtree(root, ignore_errors=True)
+        assert down.returncode == 0, down.stderr
+        assert not pids, f"libvirt daemons left behind: {pids}"
+        assert not _domain_qemus(), f"QEMUs of the domain left behind: {_domain_qemus()}"
+
+
+def _names(report: dict[str, Any]) -> list[str]:
+    return [e["name"] for e in report["events"]]
+
+
+def _heartbeat_moved(report: dict[str, Any]) -> None:
+    """The guest kept beating on the destination, past the last beat the source's reader saw."""
+    sides = report["guest"]["sides"]
+    assert sides["dst"]["beats"] > 10
+    assert sides["dst"]["last_seq"] > sides["src"]["last_seq"]
+
+
+@pytest.mark.parametrize("policy", ["precopy", "postcopy-now", "postcopy-after:1", "auto"])
+def test_every_policy_moves_the_domain(lab: LibvirtLab, policy: str) -> None:
+    report, frm, to = lab.migrate("--policy", policy)
+    assert report["status"] == "completed", report["error"]
+    assert lab.where() == to and lab.state(frm) is None  # libvirt's own view: moved, gone from the source
+    _heartbeat_moved(report)
+    names = _names(report)
+    order = ["setup", "source-stopped", "destination-resumed", "completed"]
+    assert [n for n in names if n in order] == order, names
+    if policy.startswith("postcopy"):
+        assert names.index("postcopy-started") < names.index("completed")
+    if policy == "auto":  # this guest converges: auto keeps pre-copy, with a pause under its target
+        assert "postcopy-started" not in names and report["blackout_ms"] < 300
+    pushed = [e for e in report["events"] if e["qemu_ts"] is not None]
+    assert pushed and all(e["latency_ms"] is not None and e["latency_ms"] < 1000 for e in pushed)
+    assert report["blackout_ms"] is not None and 0 < report["blackout_ms"] < 5000
+    assert report["guest"]["max_stall_ms"] >= report["blackout_ms"] * 0.5
+    assert report["backend"]["name"] == "libvirt"
+    assert_documented(report)
+
+
+def test_postcopy_from_a_second_process(lab: LibvirtLab) -> None:
+    mig, frm, to = lab.start("manual", "precopy")
+    r = lab.cli("-c", frm, "postcopy", DOMAIN)
+    assert r.returncode == 0, r.stderr
+    out, err = mig.communicate(timeout=180)
+    report = json.loads(out)
+    assert report["status"] == "completed", err
+    assert report["switch_reason"].startswith("livemig postcopy (pid")
+    assert "postcopy-started" in _names(report)
+    assert lab.where() == to
+
+
+def test_link_cut_in_postcopy_is_recovered(lab: LibvirtLab) -> None:
+    mig, frm, to = lab.start("postcopy-now", "postcopy", "--bandwidth", "4M")
+    cut = lab.cli("lab", "link", frm, "down")
+    cut_at = time.time()
+    time.sleep(7)
+    lab.cli("lab", "link", frm, "up")
+    restored_at = time.time()
+    out, err = mig.communicate(timeout=300)
+    assert cut.returncode == 0
+    report = json.loads(out)
+    assert report["status"] == "completed", err
+    done = next(e for e in report["events"] if e["name"] == "completed")["delivered_ts"]
+    assert cut_at < restored_at < done  # the cut landed during post-copy, before completion
+    assert report["recovery"]["recovered"] >= 1
+    names = _names(report)
+    assert names.count("postcopy-paused") == names.count("postcopy-recovered") == 1
+    assert lab.where() == to
+    _heartbeat_moved(report)
+
+
+@pytest.mark.parametrize("phase", ["precopy", "postcopy"])
+def test_a_killed_livemig_is_taken_over(lab: LibvirtLab, phase: str) -> None:
+    policy = "manual" if phase == "precopy" else "postcopy-now"
+    mig, frm, to = lab.start(policy, phase, "--bandwidth", "4M")
+    mig.kill()
+    mig.communicate()
+    # libvirt's job goes on without livemig: the next command takes it over
+    r = lab.cli("-c", frm, "migrate", DOMAIN, "--to", to, "--policy", "postcopy-now", "--json", "-q")
+    report = json.loads(r.stdout)
+    assert report["status"] == "completed", r.stderr
+    assert _names(report)[0] == "attached"
+    assert lab.where() == to
+    if phase == "postcopy":
+        assert report["switch_reason"] == "switched before livemig reattached"
+
+
+def test_cancel_in_precopy_keeps_the_domain_on_the_source(lab: LibvirtLab) -> None:
+    mig, frm, to = lab.start("precopy", "precopy", "--bandwidth", "4M")
+    r = lab.cli("cancel", DOMAIN)
+    assert r.returncode == 0, r.stderr
+    out, _ = mig.communicate(timeout=120)
+    assert mig.returncode == 1
+    assert json.loads(out)["status"] == "cancelled"
+    assert lab.where() == frm and lab.state(to) is None
+
+
+def test_vm_list_shows_libvirts_domains(lab: LibvirtLab) -> None:
+    host = lab.where()
+    r = lab.cli("-c", host, "vm", "list", "--json")
+    rows = json.loads(r.stdout)
+    assert [(x["name"], x["state"]) for x in rows] == [(DOMAIN, "running")]
+
+
+BAD = [
+    (["-c", "src", "migrate", "nosuch", "--to", "dst"], "no domain 'nosuch'"),
+    (["-c", "src", "migrate", DOMAIN, "--to", "nowhere"], "neither a libvirt URI nor a lab host"),
+    (["-c", "qemu+unix:///system?socket=/nonexistent/sock", "vm", "list"], "cannot connect to"),
+    (["-c", "src", "migrate", DOMAIN, "--to", "src"], "the same daemon"),
+    (["-c", "src", "migrate", DOMAIN, "--to", "dst", "--policy", "auto:max-pause=abc"], "auto"),
+    (["-c", "src", "migrate", DOMAIN], "give a DOMAIN and --to"),
+    (["-c", "src", "migrate", DOMAIN, "--to", "dst", "--migrateuri", "udp:x"], "--migrateuri"),
+    (["-c", "src", "migrate", DOMAIN, "--to", "dst", "--multifd"], "multifd with post-copy"),
+    (["-c", "src", "vm", "stop", "nosuch"], "no domain 'nosuch'"),
+    (["-c", "src", "vm", "start", DOMAIN], "exists"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"), BAD, ids=[" ".join(a[2:4]) + f"-{i}" for i, (a, _) in enumerate(BAD)]
+)
+def test_bad_input_is_refused_and_changes_nothing(lab: LibvirtLab, argv: list[str], says: str) -> None:
+    host = lab.where()
+    other = "dst" if host == "src" else "src"
+    argv = [host if a == "src" else other if a == "dst" else a for a in argv]
+    before = sorted(p.name for p in lab.root.glob("vms/*"))
+    r = lab.cli(*argv)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert lab.where() == host and lab.state(other) is None
+    assert sorted(p.name for p in lab.root.glob("vms/*")) == before  # no control socket left
