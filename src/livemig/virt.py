@@ -38,7 +38,14 @@ from livemig.observe.heartbeat import HeartbeatReader, guest_view
 from livemig.registry import Registry
 from livemig.spec import VMSpec
 
-__all__ = ["DomainMigration", "domain_rows", "resolve_uri", "start_domain", "stop_domain"]
+__all__ = [
+    "DomainMigration",
+    "domain_rows",
+    "measure_dirty_rate",
+    "resolve_uri",
+    "start_domain",
+    "stop_domain",
+]
 
 log = logging.getLogger(__name__)
 STALL_GRACE_S = 0.3
@@ -155,11 +162,7 @@ class DomainMigration(MigrationHandle):
             return True
         if await find_domain(dst, facts.uuid, by="uuid") is not None:
             raise UsageError(f"the destination {t.dst_uri} already has a domain with {self.name}'s UUID")
-        if facts.local_disks:
-            raise UsageError(
-                f"domain {self.name} has disks on storage the destination may not share "
-                f"({facts.local_disks[0]}): livemig does not migrate storage; use shared storage"
-            )
+        self._check_storage(facts)
         try:
             await call(
                 "getDomainCapabilities", dst.getDomainCapabilities, None, "x86_64", facts.machine, None, 0
@@ -169,6 +172,21 @@ class DomainMigration(MigrationHandle):
                 f"the destination cannot run machine type {facts.machine}: {exc.message}"
             ) from exc
         return False
+
+    def _check_storage(self, facts: DomainFacts) -> None:
+        """A disk that only the source host can open: on a lab host's local storage. Other
+        hosts' storage livemig cannot see; libvirt refuses an unsafe one itself, before QEMU
+        starts (its refusal reaches the user the same way)."""
+        lab = Lab.current(self.registry.root)
+        src = daemon_for_uri(self.registry.root, self.target.src_uri)
+        if lab is None or src is None:
+            return
+        for disk in facts.local_disks:
+            if lab.owner_of(Path(disk)) == src.host:
+                raise UsageError(
+                    f"domain {self.name}'s disk {disk} is on {src.host}'s local storage, which the destination "
+                    "cannot open: livemig does not migrate storage; put it on shared storage"
+                )
 
     async def run(self, attach: bool = False, resume_only: bool = False) -> MigrationReport:
         """Migrate (or, with a job under way or ``attach``, take it over) and report."""
@@ -334,5 +352,36 @@ async def domain_rows(uri: str) -> list[dict[str, Any]]:
                 {"name": dom.name(), "state": st, "memory_mib": info[1] // 1024, "migration": migrating}
             )
         return rows
+    finally:
+        await call("close", conn.close)
+
+
+async def measure_dirty_rate(uri: str, name: str, seconds: int) -> tuple[int, float]:
+    """A domain's RAM (bytes) and dirty rate (bytes/s): libvirt's ``startDirtyRateCalc``
+    in page-sampling mode (QEMU's calc-dirty-rate: read-only), then its result once
+    measured. Refused for a domain that is not running or is migrating."""
+    conn = await connect(uri)
+    try:
+        dom = await _lookup(conn, name, uri)
+        if not await call("isActive", dom.isActive):
+            raise UsageError(f"domain {name} is not running on {uri}")
+        job = await call("jobInfo", dom.jobInfo)
+        if job[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+            raise UsageError(f"domain {name} is already migrating: nothing to plan")
+        ram = int((await call("info", dom.info))[2]) * 1024
+        await call("startDirtyRateCalc", dom.startDirtyRateCalc, seconds,
+                   libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING)  # fmt: skip
+        await asyncio.sleep(seconds)
+        deadline = time.monotonic() + 10
+        while True:  # the result of a measurement libvirt was asked for (not a phase)
+            stats = await call(
+                "domainListGetStats", conn.domainListGetStats, [dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE
+            )
+            rec = stats[0][1] if stats else {}
+            if rec.get("dirtyrate.calc_status") == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
+                return ram, float(rec.get("dirtyrate.megabytes_per_second", 0)) * (1 << 20)
+            if time.monotonic() > deadline:
+                raise MigrationError(f"{name}: libvirt's dirty-rate measurement did not finish")
+            await asyncio.sleep(0.2)
     finally:
         await call("close", conn.close)

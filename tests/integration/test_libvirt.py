@@ -248,6 +248,45 @@ def test_vm_list_shows_libvirts_domains(lab: LibvirtLab) -> None:
     assert [(x["name"], x["state"]) for x in rows] == [(DOMAIN, "running")]
 
 
+def test_plan_predicts_every_policy_and_changes_nothing(lab: LibvirtLab) -> None:
+    host = lab.where()
+    other = "dst" if host == "src" else "src"
+    r = lab.cli("-c", host, "plan", DOMAIN, "--to", other, "--seconds", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert [p["policy"] for p in plan["predictions"]] == ["precopy", "postcopy-now", "postcopy-after:1",
+                                                          "postcopy-after:2", "auto"]  # fmt: skip
+    assert plan["measured"]["ram_bytes"] == 256 << 20
+    assert 0 < plan["measured"]["dirty_Bps"] < 64 << 20  # the guest writes 4 MiB/s
+    rows = json.loads(lab.cli("-c", host, "vm", "list", "--json").stdout)
+    assert rows == [{"name": DOMAIN, "state": "running", "memory_mib": 256, "migration": "-"}]
+
+
+def test_a_domain_on_local_storage_is_refused(lab: LibvirtLab) -> None:
+    """A domain defined with plain libvirt (as an operator's would be), with a disk on the
+    source host's local storage: refused before anything changes."""
+    from livemig.lab import Lab
+
+    host = lab.where()
+    disk = Lab.load(lab.root).local_dir(host) / "data.img"
+    disk.write_bytes(b"\0" * (1 << 20))
+    r = lab.cli("-c", host, "vm", "start", "lvdisk", "--no-wait")
+    assert r.returncode == 0, r.stderr
+    conn = libvirt.open(lab.uri(host))
+    try:
+        dom = conn.lookupByName("lvdisk")
+        dom.attachDevice(f"<disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/>"
+                         f"<source file='{disk}'/><target dev='vdb' bus='virtio'/></disk>")  # fmt: skip
+        other = "dst" if host == "src" else "src"
+        r = lab.cli("-c", host, "migrate", "lvdisk", "--to", other)
+        assert r.returncode == 2 and f"{host}'s local storage" in r.stderr, r.stderr
+        assert dom.isActive() and lab.state(other, "lvdisk") is None
+    finally:
+        lab.cli("-c", host, "vm", "stop", "lvdisk")
+        conn.close()
+        disk.unlink()
+
+
 BAD = [
     (["-c", "src", "migrate", "nosuch", "--to", "dst"], "no domain 'nosuch'"),
     (["-c", "src", "migrate", DOMAIN, "--to", "nowhere"], "neither a libvirt URI nor a lab host"),
@@ -259,6 +298,7 @@ BAD = [
     (["-c", "src", "migrate", DOMAIN, "--to", "dst", "--multifd"], "multifd with post-copy"),
     (["-c", "src", "vm", "stop", "nosuch"], "no domain 'nosuch'"),
     (["-c", "src", "vm", "start", DOMAIN], "exists"),
+    (["-c", "dst", "plan", DOMAIN, "--to", "src"], "no domain 'lvd'"),
 ]
 
 

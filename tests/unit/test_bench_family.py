@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from livemig.bench.report import auto_targets, summarize
+from livemig.bench.report import auto_targets, libvirt_targets, summarize
 from livemig.bench.runner import _result_path
 from livemig.bench.scenarios import FAMILY_POLICIES, SCENARIOS, cells_for
 from livemig.errors import UsageError
@@ -57,3 +57,25 @@ def test_auto_targets_use_completed_runs_only() -> None:
     assert stall["met"] is True and stall["measured"].startswith("106 ms vs 100 ms (precopy")
     total = got["auto total_time_ms <= 1.25x the fastest completing policy's"]
     assert total["met"] is True and "21000 ms vs 18000 ms" in total["measured"]
+
+
+def test_the_libvirt_family_compares_backends_and_virsh() -> None:
+    cells = cells_for(["libvirt-dirtier"])
+    assert len(cells) == 2 * len(FAMILY_POLICIES) + 1
+    assert {c.backend for c in cells} == {"qemu", "libvirt", "virsh"} and not any(c.nic for c in cells)
+    assert all(c.preempt is False for c in cells if c.backend == "qemu")  # libvirt cannot ask for it
+    s = "libvirt-dirtier"
+    results = [
+        run(f"{s}/qemu/auto", True, 100, 20000), run(f"{s}/qemu/auto", True, 104, 20000),
+        run(f"{s}/libvirt/auto", True, 108, 23000), run(f"{s}/libvirt/auto", True, 109, 23000),
+        run(f"{s}/virsh/postcopy-after-precopy", True, 500, 15000),
+    ]  # fmt: skip
+    got = {(t["target"], t["goal"]): t for t in libvirt_targets(summarize(results))}
+    stall = got[(f"{s} auto", "libvirt backend max_stall_ms <= 1.1x the qemu backend's")]
+    assert stall["met"] is True and stall["measured"].startswith("108 vs 102 ms")
+    total = got[(f"{s} auto", "libvirt backend total_time_ms <= 1.1x the qemu backend's")]
+    assert total["met"] is False  # 23 s against 20 s: more than 10% slower
+    blackout = got[(f"{s} auto", "libvirt backend blackout_ms <= 1.1x the qemu backend's")]
+    assert blackout["met"] is None and blackout["measured"] == "not measured"
+    virsh = got[(f"{s} auto", "livemig on libvirt max_stall_ms vs virsh --postcopy-after-precopy")]
+    assert virsh["met"] is True

@@ -185,6 +185,43 @@ def auto_targets(summaries: list[Summary]) -> list[dict[str, Any]]:
     return out
 
 
+LIBVIRT_METRICS = ("max_stall_ms", "blackout_ms", "total_time_ms")
+
+
+def _ratio(a: Stat | None, b: Stat | None) -> str:
+    if a is None or b is None:
+        return "not measured"
+    return f"{a.median:.0f} vs {b.median:.0f} ms ({a.median / b.median:.2f}x)" if b.median else "-"
+
+
+def libvirt_targets(summaries: list[Summary]) -> list[dict[str, Any]]:
+    """issue 9's: livemig on libvirt against livemig on its own QEMUs (each policy, median
+    within 10%), and against libvirt's own post-copy policy (virsh) on the same domain."""
+    c = _by_cell(summaries)
+    out = []
+    for scenario in sorted({s.scenario for s in summaries if s.scenario.startswith("libvirt-")}):
+        policies = sorted({s.cell.split("/", 2)[2] for s in summaries
+                           if s.scenario == scenario and s.cell.count("/") == 2 and "/libvirt/" in s.cell})  # fmt: skip
+        for p in policies:
+            lv, qm = c.get(f"{scenario}/libvirt/{p}"), c.get(f"{scenario}/qemu/{p}")
+            if lv is None or qm is None:
+                continue
+            for m in LIBVIRT_METRICS:
+                a, b = lv.stat(m, True), qm.stat(m, True)
+                met = a.median <= 1.1 * b.median if a and b else None
+                out.append(_target(f"{scenario} {p}", f"libvirt backend {m} <= 1.1x the qemu backend's",
+                                   _ratio(a, b), met))  # fmt: skip
+        virsh = c.get(f"{scenario}/virsh/postcopy-after-precopy")
+        for p in ("postcopy-after:1", "auto"):
+            mine = c.get(f"{scenario}/libvirt/{p}")
+            if virsh is None or mine is None:
+                continue
+            a, b = mine.stat("max_stall_ms", True), virsh.stat("max_stall_ms", True)
+            out.append(_target(f"{scenario} {p}", "livemig on libvirt max_stall_ms vs virsh --postcopy-after-precopy",
+                               _ratio(a, b), a.median <= b.median if a and b else None))  # fmt: skip
+    return out
+
+
 def targets(summaries: list[Summary]) -> list[dict[str, Any]]:
     """The mission's targets, each with the measured figures and met/not met (None: not measured)."""
     c = _by_cell(summaries)
@@ -221,6 +258,7 @@ def targets(summaries: list[Summary]) -> list[dict[str, Any]]:
         add("events", "pushed p99 <= 1 ms; 50 ms polling ~25 ms mean", "not measured", None)
 
     out += auto_targets(summaries)
+    out += libvirt_targets(summaries)
     for s in summaries:
         if s.scenario in ("idle", "converge"):
             st = s.stat("time_vs_bound", True)

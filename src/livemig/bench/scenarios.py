@@ -28,6 +28,10 @@ class Cell:
     poll: bool = False  # also poll query-migrate every 50 ms, to compare with pushed events
     warmup_s: float = 2.0  # let the workload run before migrating
     variant: str = ""
+    # who moves it: livemig on its own QEMUs ("qemu"), livemig on the lab's libvirt daemons
+    # ("libvirt"), or libvirt alone ("virsh": virsh migrate --postcopy --postcopy-after-precopy)
+    backend: str = "qemu"
+    nic: bool = True  # on the lab's guest network (the client's probe); libvirt domains have none
 
     @property
     def id(self) -> str:
@@ -87,6 +91,21 @@ def _family() -> dict[str, list[Cell]]:
     return out
 
 
+def _libvirt() -> dict[str, list[Cell]]:
+    """The policies family's workloads (200 mbit), each policy by livemig on both backends,
+    and libvirt's own post-copy policy (virsh) on the same domain; no guest NIC on either."""
+    out: dict[str, list[Cell]] = {}
+    for name, (workload, mib) in FAMILY_WORKLOADS.items():
+        scenario = f"libvirt-{name}"
+        # preempt off on both: libvirt cannot ask for it, and the backends, not the channels, are compared
+        cells = [Cell(scenario, p, workload, memory_mib=mib, backend=b, nic=False, preempt=False,
+                      variant=f"{b}/{p}") for p in FAMILY_POLICIES for b in ("qemu", "libvirt")]  # fmt: skip
+        cells.append(Cell(scenario, "virsh", workload, memory_mib=mib, backend="virsh", nic=False,
+                          variant="virsh/postcopy-after-precopy"))  # fmt: skip
+        out[scenario] = cells
+    return out
+
+
 SCENARIOS: Final[dict[str, list[Cell]]] = {
     # An idle 512 MiB guest: almost every page is zero; the bound is what must really move.
     "idle": _policies("idle", ("precopy", "postcopy-after:1", "postcopy-now"), "idle"),
@@ -115,6 +134,7 @@ SCENARIOS: Final[dict[str, list[Cell]]] = {
         "events", ("postcopy-after:1",), "dirty:mib=64,pattern=seq", memory_mib=256, poll=True
     ),
     **_family(),
+    **_libvirt(),
 }
 
 

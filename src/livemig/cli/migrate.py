@@ -18,7 +18,7 @@ import click
 from livemig.cli.context import connect_of, registry_of
 from livemig.cli.progress import show_progress
 from livemig.cli.render import err, out, plan_table, print_event, summary_table
-from livemig.cli.virt import run_domain
+from livemig.cli.virt import domain_dirty_rate, run_domain
 from livemig.control import request, stream
 from livemig.core.options import MigrationOptions
 from livemig.core.report import MigrationReport
@@ -409,11 +409,13 @@ def plan(
 
     A dry run: QEMU samples the guest's dirty pages (read-only); nothing else changes."""
     reg = registry_of(ctx)
-    rec = reg.load(name)
-    if not rec.instance.alive():
-        raise UsageError(f"{name} is not running")
-    if rec.migration is not None and rec.migration.unfinished:
-        raise UsageError(f"{name} is already migrating ({rec.migration.state}): nothing to plan")
+    conn = connect_of(ctx)
+    if conn is None:
+        rec = reg.load(name)
+        if not rec.instance.alive():
+            raise UsageError(f"{name} is not running")
+        if rec.migration is not None and rec.migration.unfinished:
+            raise UsageError(f"{name} is already migrating ({rec.migration.state}): nothing to plan")
     if to_host is not None:
         lab = Lab.current(reg.root)
         hosts = [h.name for h in lab.plan.hosts] if lab else []
@@ -427,7 +429,10 @@ def plan(
         link, source = float(parse_rate(bandwidth, "--bandwidth")), f"--bandwidth {bandwidth}"
     else:
         link, source = float(128 << 20), "QEMU's default max-bandwidth (give --to or --bandwidth)"
-    ram, dirty = asyncio.run(measure_dirty_rate(name, rec.instance.paths.qmp_aux, seconds))
+    if conn is not None:  # a libvirt domain: libvirt asks its QEMU, the same way
+        ram, dirty = domain_dirty_rate(conn, name, seconds, reg.root)
+    else:
+        ram, dirty = asyncio.run(measure_dirty_rate(name, rec.instance.paths.qmp_aux, seconds))
     m = Measurement(ram, dirty, link, source)
     predictions, reasons = predict(m)
     if as_json:

@@ -17,7 +17,7 @@ from livemig.errors import EnvironmentProblem
 from livemig.registry import Registry
 from livemig.spec import VMSpec
 
-__all__ = ["domain_list", "domain_start", "domain_stop", "run_domain"]
+__all__ = ["domain_dirty_rate", "domain_list", "domain_start", "domain_stop", "run_domain"]
 
 
 def _virt() -> Any:
@@ -46,6 +46,14 @@ def domain_list(uri: str, root: Path) -> list[dict[str, Any]]:
     virt = _virt()
     rows: list[dict[str, Any]] = asyncio.run(virt.domain_rows(virt.resolve_uri(uri, root)))
     return rows
+
+
+def domain_dirty_rate(uri: str, name: str, seconds: int, root: Path) -> tuple[int, float]:
+    virt = _virt()
+    measured: tuple[int, float] = asyncio.run(
+        virt.measure_dirty_rate(virt.resolve_uri(uri, root), name, seconds)
+    )
+    return measured
 
 
 def domain_stop(uri: str, name: str, root: Path) -> None:

@@ -197,6 +197,7 @@ class LibvirtBackend:
         self._downtime: int | None = None
         self._failure: str | None = None  # libvirt's own error, when QEMU reported none
         self._migrate: _Call | None = None
+        self._src_stopped = asyncio.Event()  # the source domain stopped (libvirt's Confirm phase)
         self._seen_status = asyncio.Event()  # the source's QEMU began migrating
         self.lifecycle: list[dict[str, Any]] = []  # libvirt's lifecycle events, for the report
         for side, conn in self.conns.items():
@@ -252,6 +253,8 @@ class LibvirtBackend:
         )
         if gone:
             self._loop.call_soon_threadsafe(self._lost[side].set)
+        if side == "src" and event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            self._loop.call_soon_threadsafe(self._src_stopped.set)
 
     def _on_job_completed(self, _c: Any, dom: Any, params: dict[str, Any], side: Side) -> None:
         if self._mine(dom):
@@ -280,12 +283,7 @@ class LibvirtBackend:
             await sink(ev)
 
     async def close(self) -> None:
-        mig = self._migrate
-        if mig is not None and not mig.done.done() and self._status.get("src") in ("completed", "cancelled"):
-            # libvirt's job ends after QEMU's (the source's Confirm phase removes the domain)
-            done, _ = await asyncio.wait({mig.done}, timeout=JOB_END_WAIT_S)
-            if not done:
-                self.log.warning("libvirt's job did not end %gs after QEMU's", JOB_END_WAIT_S)
+        await self._job_end()
         if self._pump is not None:
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
@@ -299,6 +297,26 @@ class LibvirtBackend:
             except LivemigError as exc:
                 self.log.debug("deregister %s %d: %s", kind, cid, exc)
         self._callbacks.clear()
+
+    async def _job_end(self) -> None:
+        """libvirt's job ends after QEMU's: the source's Confirm phase stops (and, for a
+        transient domain, removes) the source domain. Wait for that, so that the next
+        command finds the domain in one place."""
+        waits: list[asyncio.Future[Any]] = []
+        mig = self._migrate
+        if mig is not None and not mig.done.done() and self._status.get("src") in ("completed", "cancelled"):
+            waits.append(mig.done)
+        stopped: asyncio.Future[Any] | None = None
+        if self._status.get("src") == "completed" and not self._src_stopped.is_set():
+            stopped = asyncio.ensure_future(self._src_stopped.wait())
+            waits.append(stopped)
+        if not waits:
+            return
+        _, pending = await asyncio.wait(waits, timeout=JOB_END_WAIT_S)
+        if stopped is not None:
+            stopped.cancel()
+        if pending:
+            self.log.warning("libvirt's job did not end %gs after QEMU's", JOB_END_WAIT_S)
 
     # -- commands ------------------------------------------------------------
     def refuse(self, options: MigrationOptions, allows_postcopy: bool) -> None:
