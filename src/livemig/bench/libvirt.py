@@ -44,13 +44,19 @@ def _daemons(root: Path) -> dict[str, LabDaemon]:
     return {d.host: d for d in start_daemons(root, [(h.name, h.netns) for h in lab.plan.hosts])}
 
 
-class _Blackout:
-    """QEMU's STOP on the source and RESUME on the destination, through libvirt."""
+class _Watch:
+    """QEMU's STOP on the source and RESUME on the destination, through libvirt, and the
+    source's JOB_COMPLETED figures."""
 
     def __init__(self) -> None:
         self.stop: float | None = None
         self.resume: float | None = None
+        self.job: dict[str, Any] = {}
         self._ids: list[tuple[libvirt.virConnect, int]] = []
+        self._dom_ids: list[tuple[libvirt.virConnect, int]] = []
+
+    def _job(self, _c: Any, _dom: Any, params: dict[str, Any], _opaque: Any) -> None:
+        self.job = dict(params)
 
     def _on(self, _c: Any, _dom: Any, event: str, sec: int, usec: int, _details: Any, side: str) -> None:
         ts = sec + usec / 1e6
@@ -65,11 +71,18 @@ class _Blackout:
             cid = await call("qemuMonitorEventRegister", libvirt_qemu.qemuMonitorEventRegister,
                              conn, None, event, self._on, side, 0)  # fmt: skip
             self._ids.append((conn, cid))
+        src = conns["src"]
+        cid = await call("domainEventRegisterAny", src.domainEventRegisterAny, None,
+                         libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, self._job, None)  # fmt: skip
+        self._dom_ids.append((src, cid))
 
     async def close(self) -> None:
         for conn, cid in self._ids:
             with contextlib.suppress(LivemigError):
                 await call("deregister", libvirt_qemu.qemuMonitorEventDeregister, conn, cid)
+        for conn, cid in self._dom_ids:
+            with contextlib.suppress(LivemigError):
+                await call("deregister", conn.domainEventDeregisterAny, cid)
 
     @property
     def ms(self) -> float | None:
@@ -85,7 +98,7 @@ async def _virsh(name: str, daemons: dict[str, LabDaemon], address: str) -> Migr
     await readers[0].start(timeout=5.0)
     dst_reader = asyncio.create_task(readers[1].start(timeout=600.0))
     conns = {"src": await connect(src.uri), "dst": await connect(dst.uri)}
-    blackout = _Blackout()
+    blackout = _Watch()
     await blackout.watch(conns)
     t0 = time.time()
     try:
@@ -103,10 +116,8 @@ async def _virsh(name: str, daemons: dict[str, LabDaemon], address: str) -> Migr
             error=err.decode(errors="replace").strip() or None if proc.returncode else None,
         )  # fmt: skip
         report.guest = guest_view(readers, t0)
-        if proc.returncode == 0:  # libvirt's own figures of the job, kept on the destination
-            dom = await call("lookupByName", conns["dst"].lookupByName, name)
-            stats = await call("jobStats", dom.jobStats, libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
-            info = parse_job_stats(stats, "completed", completed=True)
+        if blackout.job:  # libvirt's own figures of the job (the source's JOB_COMPLETED)
+            info = parse_job_stats(blackout.job, "completed", completed=True)
             report.total_time_ms, report.bytes_transferred = info.total_time_ms, info.transferred
             report.postcopy_requests = info.postcopy_requests
     finally:
