@@ -348,6 +348,7 @@ class MigrationJob:
         report: MigrationReport,
     ) -> None:
         state = mig.state
+        report.hosts = {"source": rec.host or "local", "destination": self.to_host or "local"}
         if state is S.COMPLETED:
             old = rec.instance
             rec.instance = dataclasses.replace(dst, incoming=False)

@@ -270,6 +270,7 @@ class PairMigration(MigrationHandle):
         rate = self.options.max_bandwidth
         report.set_bound(rate)
         src, dst = self.pair.src_qmp, self.pair.dst_qmp
+        report.hosts = {"source": f"QMP {src}", "destination": f"QMP {dst}"}
         if report.status == "completed":
             report.where = f"destination (QMP {dst}); the source QEMU is stopped and left to its owner"
         elif report.switched_at_pass is None:

@@ -261,6 +261,7 @@ class DomainMigration(MigrationHandle):
             "destination": t.dst_uri, "migrate_uri": t.migrate_uri, "lifecycle": backend.lifecycle,
         }  # fmt: skip
         src, dst = _host_name(self.registry.root, t.src_uri), _host_name(self.registry.root, t.dst_uri)
+        report.hosts = {"source": src, "destination": dst}
         if report.status == "completed":
             report.where = f"destination ({dst}); libvirt removed it from the source"
         elif report.switched_at_pass is None:

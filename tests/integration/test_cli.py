@@ -105,13 +105,16 @@ def test_postcopy_from_a_second_process(vms: VMFactory) -> None:
         assert report["switched_at_pass"] is not None
         ev_out, _ = events.communicate(timeout=30)
         lines = [json.loads(line) for line in ev_out.splitlines()]
-        assert lines[-1] == {"end": "completed"}
+        assert {k: v for k, v in lines[-1].items() if k != "delivered_ts"} == {
+            "name": "end", "data": {"state": "completed"}, "qemu_ts": None, "latency_ms": None}  # fmt: skip
+        assert all(set(line) == set(lines[0]) for line in lines)  # every line has one shape
         assert "postcopy-started" in [line.get("name") for line in lines]
         every_vm.terminate()  # it follows all VMs until interrupted
         all_out, _ = every_vm.communicate(timeout=30)
         tagged = [json.loads(line) for line in all_out.splitlines()]
-        assert {"vm": "vm", "end": "completed"} in tagged
-        assert [t["name"] for t in tagged if "name" in t] == [line["name"] for line in lines[:-1]]
+        assert [t["data"] for t in tagged if t["name"] == "end"] == [{"state": "completed"}]
+        assert all(t["vm"] == "vm" for t in tagged)
+        assert [t["name"] for t in tagged] == [line["name"] for line in lines]
     finally:
         for p in (migrate, events, every_vm):
             if p.poll() is None:

@@ -13,12 +13,12 @@ from livemig.core.report import MigrationReport
 DOC = Path(__file__).resolve().parents[2] / "docs" / "report.md"
 # containers whose keys are QEMU's or free-form (documented as a whole)
 OPAQUE = {"parameters", "evidence", "link", "events[].data", "guest.faultprobe", "guest.verify",
-          "guest.sides", "network.announce", "recovery", "tunings[]"}  # fmt: skip
+          "guest.sides", "network.announce", "recovery", "tunings[]", "options.announce_ms"}  # fmt: skip
 
 
 CONTAINERS = {"events[]", "events[].data", "decisions[]", "timeline[]", "tunings[]", "recovery", "evidence",
               "link", "parameters", "guest.stalls[]", "guest.faultprobe", "guest.sides", "network", "backend",
-              "backend.lifecycle[]"}  # fmt: skip
+              "backend.lifecycle[]", "hosts", "options"}  # fmt: skip
 
 
 def documented() -> set[str]:

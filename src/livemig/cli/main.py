@@ -27,14 +27,16 @@ from livemig.cli.migrate import (
     postcopy,
     recover,
 )
-from livemig.cli.render import Verbosity, out
+from livemig.cli.render import Verbosity, err, out
 from livemig.cli.virt import domain_list, domain_start, domain_stop
 from livemig.errors import UsageError
 from livemig.guest import build_image, parse_workload
+from livemig.qemu.accel import accel_reason, cached_verdict, kvm_verdict
 from livemig.qemu.argv import InstancePaths
+from livemig.qemu.binary import find_qemu
 from livemig.spec import VMSpec, parse_size_mib
 from livemig.specfile import load_spec, spec_to_toml
-from livemig.vm import start_vm, stop_vm
+from livemig.vm import fill_image, start_vm, stop_vm
 
 __all__ = ["cli"]
 
@@ -81,6 +83,27 @@ def guest_build(force: bool) -> None:
     """Build the guest image into the cache (only when its inputs changed)."""
     img = build_image(force=force)
     out.print(f"guest image: kernel {img.kernel_version}\n  {img.kernel}\n  {img.initrd}")
+
+
+@cli.command()
+@click.option("--recheck", is_flag=True, help="Probe KVM again (boot a guest under it), whatever is cached.")
+@click.option("--json", "as_json", is_flag=True)
+def accel(recheck: bool, as_json: bool) -> None:
+    """Whether KVM can run a guest here (what `--accel auto` picks), and why.
+
+    The verdict comes from booting a small guest under KVM; it is cached per QEMU and
+    kernel, and only KVM's own failures are cached."""
+    qemu = find_qemu()
+    spec = fill_image(VMSpec("kvm-probe"))
+    if recheck or cached_verdict(qemu) is None:
+        err.print("probing KVM (booting a guest under it, up to 20 s) ...")
+    ok, why = kvm_verdict(qemu, spec, recheck=recheck)
+    if as_json:
+        click.echo(json.dumps({"kvm": ok, "why": why, "auto_picks": "kvm" if ok else "tcg"}))
+        return
+    out.print(
+        f"KVM {'can' if ok else 'cannot'} run a guest here: {why}; --accel auto picks {'kvm' if ok else 'tcg'}"
+    )
 
 
 # -- vm -----------------------------------------------------------------------
@@ -156,6 +179,9 @@ def vm_start(
     out.print(
         f"started {spec.name} (pid {rec.instance.pid}, {rec.instance.accel}, {spec.memory_mib} MiB, "
         f"workload {spec.workload}{extras})"
+    )
+    out.print(
+        f"  accelerator {rec.instance.accel}: {accel_reason(spec.accel, rec.instance.accel, find_qemu())}"
     )
 
 

@@ -365,10 +365,17 @@ def events(ctx: click.Context, name: str | None, wait: bool) -> None:
     while wait and not path.exists():
         time.sleep(0.1)  # waiting for a migration to begin; events themselves are pushed
     for msg in stream(path, name, "events"):
-        if "event" in msg:
-            click.echo(json.dumps(msg["event"]))
-        else:
-            click.echo(json.dumps({"end": msg.get("end")}))
+        click.echo(json.dumps(_line(msg)))
+
+
+def _line(msg: dict[str, Any]) -> dict[str, Any]:
+    """One line of `livemig events`: an event, or the stream's end in the same shape (an
+    event named ``end`` whose ``data.state`` is the migration's final state)."""
+    if "event" in msg:
+        event: dict[str, Any] = msg["event"]
+        return event
+    return {"name": "end", "data": {"state": msg.get("end")}, "qemu_ts": None, "delivered_ts": time.time(),
+            "latency_ms": None}  # fmt: skip
 
 
 def _follow_all(reg: Registry, scan_s: float = 0.2) -> None:
@@ -379,7 +386,7 @@ def _follow_all(reg: Registry, scan_s: float = 0.2) -> None:
     def follow(vm: str, path: Path) -> None:
         with contextlib.suppress(LivemigError, OSError):
             for msg in stream(path, vm, "events"):
-                line = {"vm": vm, **msg["event"]} if "event" in msg else {"vm": vm, "end": msg.get("end")}
+                line = {"vm": vm, **_line(msg)}
                 with lock:
                     click.echo(json.dumps(line))
 

@@ -30,7 +30,7 @@ def _virt() -> Any:
 
 def domain_start(uri: str, spec: VMSpec, root: Path, wait: bool = True) -> str:
     """Define and start a transient domain from livemig's guest image; a line to print."""
-    from livemig.qemu.accel import resolve_accel
+    from livemig.qemu.accel import accel_reason, resolve_accel
     from livemig.qemu.binary import find_qemu
     from livemig.vm import fill_image
 
@@ -39,7 +39,9 @@ def domain_start(uri: str, spec: VMSpec, root: Path, wait: bool = True) -> str:
     accel = resolve_accel(spec.accel, find_qemu(), spec)
     full = virt.resolve_uri(uri, root)
     asyncio.run(virt.start_domain(full, spec, root, accel, wait))
-    return f"started domain {spec.name} on {uri} ({accel}, {spec.memory_mib} MiB, workload {spec.workload})"
+    why = accel_reason(spec.accel, accel, find_qemu())
+    return (f"started domain {spec.name} on {uri} ({accel}, {spec.memory_mib} MiB, workload {spec.workload})\n"
+            f"  accelerator {accel}: {why}")  # fmt: skip
 
 
 def domain_list(uri: str, root: Path) -> list[dict[str, Any]]:

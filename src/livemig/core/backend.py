@@ -89,6 +89,7 @@ class MigrationInfo:
     mbps: float = 0.0
     blocktime_ms: float | None = None
     error_desc: str | None = None
+    ram_total: int | None = None  # the guest's RAM, bytes
 
     @property
     def postcopy(self) -> bool:

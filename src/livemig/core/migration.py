@@ -19,6 +19,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from importlib import metadata
 from typing import Any
 
 from livemig.core.backend import Backend, BackendEvent, EventKind, MigrationInfo, Negotiated, Side
@@ -66,6 +68,17 @@ class _Timing:
     stop_ts: float | None = None  # the source's STOP, hypervisor time
     resume_ts: float | None = None  # the destination's RESUME, hypervisor time
     switch: Switch = field(default_factory=Switch)
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _version() -> str | None:
+    try:
+        return metadata.version("livemig")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 class Migration:
@@ -548,6 +561,8 @@ class Migration:
         switch = Switch(t.switch.requested_at_pass, t.switch.reason, took)
         cpu0, wall0 = self._cost
         cpu, wall = (time.process_time() - cpu0) * 1000, (time.monotonic() - wall0) * 1000
+        base.started_at, base.ended_at = _iso(time.time() - wall / 1000), _iso(time.time())
+        base.livemig_version, base.options = _version(), self.options.summary()
         base.manager_cpu_ms, base.manager_cpu_share = round(cpu, 1), round(cpu / wall, 4) if wall else None
         src = await self._final_info("src")
         blocktime = self.negotiated is not None and self.negotiated.caps.get("postcopy-blocktime")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from livemig.policy import DEFAULT_POLICY, Policy
 
@@ -39,3 +40,14 @@ class MigrationOptions:
     # Self-announce of the destination (RARPs from each NIC's MAC, so that switches learn
     # the VM's new port): QEMU's migration parameters, set on the destination.
     announce: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_ANNOUNCE))
+
+    def summary(self) -> dict[str, Any]:
+        """The options in force, for the report: the policy as given, and every setting
+        (rates in bytes/s, times in s or ms as named); TLS directories are not included."""
+        d = asdict(self)
+        d["policy"] = str(self.policy)
+        d.pop("tls_dirs", None)
+        for name in ("max_bandwidth", "postcopy_bandwidth"):
+            d[f"{name}_Bps"] = d.pop(name)
+        d["announce_ms"] = d.pop("announce")
+        return d

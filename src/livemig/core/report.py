@@ -20,6 +20,12 @@ class MigrationReport:
     qemu_version: str
     accel: str
     preempt: bool
+    started_at: str | None = None  # wall clock, ISO 8601 UTC
+    ended_at: str | None = None
+    livemig_version: str | None = None
+    ram_bytes: int | None = None  # the guest's RAM
+    hosts: dict[str, Any] | None = None  # {"source": ..., "destination": ...}: where it moved from and to
+    options: dict[str, Any] = field(default_factory=dict)  # the options in force
     channels: list[str] = field(default_factory=list)
     switched_at_pass: int | None = None
     switch_reason: str | None = None
@@ -121,6 +127,7 @@ def build_report(
     if stop is not None and resume is not None:
         r.blackout_ms = round((resume - stop) * 1000.0, 3)
     if src is not None:
+        r.ram_bytes = src.ram_total or r.ram_bytes
         r.downtime_ms = src.downtime_ms
         r.total_time_ms = src.total_time_ms
         r.setup_time_ms = src.setup_time_ms

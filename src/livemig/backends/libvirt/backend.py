@@ -27,6 +27,7 @@ daemon thread of its own, since it returns only when the migration ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -197,6 +198,7 @@ class LibvirtBackend:
         self._downtime: int | None = None
         self._failure: str | None = None  # libvirt's own error, when QEMU reported none
         self._migrate: _Call | None = None
+        self._job_done = asyncio.Event()  # the source's JOB_COMPLETED arrived
         self._src_stopped = asyncio.Event()  # the source domain stopped (libvirt's Confirm phase)
         self._seen_status = asyncio.Event()  # the source's QEMU began migrating
         self.lifecycle: list[dict[str, Any]] = []  # libvirt's lifecycle events, for the report
@@ -259,6 +261,8 @@ class LibvirtBackend:
     def _on_job_completed(self, _c: Any, dom: Any, params: dict[str, Any], side: Side) -> None:
         if self._mine(dom):
             self._completed[side] = dict(params)
+            if side == "src":
+                self._loop.call_soon_threadsafe(self._job_done.set)
 
     async def open(self, sink: EventSink) -> None:
         for side, conn in self.conns.items():
@@ -436,6 +440,11 @@ class LibvirtBackend:
 
     async def progress(self, side: Side = "src") -> MigrationInfo:
         status = self._status.get(side, "none")
+        if side == "src" and status == "completed" and not self._job_done.is_set():
+            # QEMU completed; libvirt's JOB_COMPLETED (its final figures) follows with its
+            # Confirm phase, after which a transient domain has no job statistics left
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._job_done.wait(), JOB_END_WAIT_S)
         if side in self._completed:
             return parse_job_stats(self._completed[side], status, completed=True)
         dom = self.dom if side == "src" else await self._dst_domain()

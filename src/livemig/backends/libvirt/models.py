@@ -86,6 +86,7 @@ def parse_job_stats(stats: Mapping[str, Any], status: str, completed: bool = Fal
         setup_time_ms=_num(stats, "setup_time"),
         downtime_ms=downtime if completed else None,
         expected_downtime_ms=None if completed else downtime,
+        ram_total=int(v) if (v := _num(stats, "memory_total")) else None,
         transferred=int(_num(stats, "memory_processed") or 0),
         remaining=int(_num(stats, "memory_remaining") or 0),
         postcopy_requests=int(requests) if requests is not None else None,

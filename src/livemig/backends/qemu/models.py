@@ -121,6 +121,7 @@ def parse_migration_info(raw: Any) -> MigrationInfo:
         setup_time_ms=_num(d, "setup-time"),
         downtime_ms=_num(d, "downtime"),
         expected_downtime_ms=_num(d, "expected-downtime"),
+        ram_total=_opt_int(ram, "total"),
         transferred=_int(ram, "transferred"),
         remaining=_int(ram, "remaining"),
         precopy_bytes=_opt_int(ram, "precopy-bytes"),
