@@ -30,7 +30,9 @@ def parse_rate(text: str, what: str = "rate") -> int:
         )
     value = int(float(m.group(1)) * factor)
     if value < 1000 or value > 10**12:
-        raise UsageError(f"{what} {text!r}: out of range (1 KB/s to 1 TB/s)")
+        bare = (f"; a bare number is bytes/s: {m.group(1)}M is {m.group(1)} MiB/s, "
+                f"{m.group(1)}mbit {m.group(1)} megabits/s") if not m.group(2) else ""  # fmt: skip
+        raise UsageError(f"{what} {text!r}: out of range (1 KB/s to 1 TB/s){bare}")
     return value
 
 

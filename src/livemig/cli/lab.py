@@ -20,7 +20,12 @@ __all__ = ["lab"]
 
 
 _shape_options = [
-    click.option("--bandwidth", default="200mbit", show_default=True, help="Link rate, each direction."),
+    click.option(
+        "--bandwidth",
+        default="200mbit",
+        show_default=True,
+        help="Link rate, each direction: 200mbit, 25M (MiB/s); a bare number is bytes/s.",
+    ),
     click.option("--burst", default="256kb", show_default=True, help="tbf burst (tc units)."),
     click.option("--latency", default="100ms", show_default=True, help="tbf latency (its queue limit)."),
 ]

@@ -126,7 +126,8 @@ def vm() -> None:
     "--workload",
     default=None,
     help="idle | dirty:mib=M,rate=R,pattern=seq|random | stream:fps=F,kib=K,ring=B | "
-    "verify:mib=M,seed=S | faultprobe:mib=M,pages=N",
+    "verify:mib=M,seed=S | faultprobe:mib=M,pages=N. A bare rate R is MiB/s (the guest's unit); "
+    "20M, 8MiB/s or 160mbit work too.",
 )
 @click.option("--accel", default=None, type=click.Choice(["auto", "tcg", "kvm"]), help="[default: auto]")
 @click.option("--kernel", type=click.Path(path_type=Path), help="Kernel (default: the guest image's).")

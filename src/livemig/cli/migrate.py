@@ -83,9 +83,13 @@ def migration_options(
     show_default=True,
     help="precopy[:timeout=S] | manual | postcopy-now | postcopy-after:N",
 )
-@click.option("--bandwidth", help="Max migration bandwidth (e.g. 200mbit, 25MB/s).")
+@click.option(
+    "--bandwidth", help="Max migration bandwidth: 25M (MiB/s), 200mbit, 25MB/s; a bare number is bytes/s."
+)
 @click.option("--downtime-limit", type=int, help="Max pre-copy downtime, ms (QEMU default 300).")
-@click.option("--postcopy-bandwidth", help="Max background bandwidth during post-copy.")
+@click.option(
+    "--postcopy-bandwidth", help="Max background bandwidth during post-copy (units as --bandwidth)."
+)
 @click.option("--no-preempt", is_flag=True, help="No separate post-copy page-request channel.")
 @click.option(
     "--multifd",

@@ -1,19 +1,30 @@
-"""The live progress line of ``livemig migrate`` on a terminal: phase, pass,
-transferred/remaining, dirty rate and throughput, redrawn from the core's latest
-sample (phase changes themselves come from pushed events)."""
+"""The live progress line of ``livemig migrate`` on a terminal, redrawn from the core's
+samples (phase changes themselves come from pushed events).
+
+What it shows is what was measured, nothing else (:func:`progress_view`, pure): the
+dirty rate only once QEMU has measured one (after the first pass); in post-copy, what is
+left to fetch, which only falls (QEMU's own ``remaining`` may rise at the switch); the
+share done and an ETA, the physical bound of what is left at the measured throughput;
+and the policy's current decision.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from livemig.core.backend import MigrationInfo
 from livemig.core.migration import Migration
 
-__all__ = ["Watched", "show_progress"]
+__all__ = ["ProgressView", "Watched", "progress_view", "show_progress"]
+
+MIB = float(1 << 20)
 
 
 class Watched(Protocol):
@@ -23,37 +34,74 @@ class Watched(Protocol):
     migration: Migration | None
 
 
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.0f} MiB"
+@dataclass(frozen=True)
+class ProgressView:
+    phase: str
+    passes: int
+    done: int  # bytes sent
+    left: int | None  # bytes still to send (post-copy: to fetch); None before a sample
+    percent: float | None
+    eta_s: float | None  # left at the measured throughput: a lower bound
+    dirty_Bps: float | None  # None until measured
+    throughput_Bps: float | None
+    decision: str | None
+
+    def line(self) -> str:
+        parts = [f"{self.done / MIB:.0f} MiB sent"]
+        if self.left is not None:
+            parts.append(
+                f"{self.left / MIB:.0f} MiB {'to fetch' if self.phase.startswith('postcopy') else 'left'}"
+            )
+        if self.percent is not None:
+            parts.append(f"{self.percent:.0f}%")
+        if self.eta_s is not None:
+            parts.append(f"ETA >= {self.eta_s:.0f} s")
+        parts.append(f"dirty {self.dirty_Bps / MIB:.1f} MiB/s" if self.dirty_Bps is not None else "dirty -")
+        if self.throughput_Bps:
+            parts.append(f"{self.throughput_Bps * 8 / 1e6:.0f} Mbit/s")
+        return ", ".join(parts)
+
+
+def progress_view(
+    samples: Sequence[MigrationInfo], phase: str, passes: int, decision: dict[str, Any] | None = None
+) -> ProgressView:
+    """The display's figures from the source's samples so far (oldest first)."""
+    reason = f"{decision['action']}: {decision['reason']}" if decision else None
+    if not samples:
+        return ProgressView(phase, passes, 0, None, None, None, None, None, reason)
+    last = samples[-1]
+    left = last.remaining
+    if last.postcopy:  # what is left to fetch only falls: the least seen since the switch
+        left = min(s.remaining for s in samples if s.postcopy)
+    total = last.ram_total or (last.transferred + left if left else None)
+    percent = max(0.0, min(100.0, 100.0 * (1 - left / total))) if total else None
+    throughput = last.mbps * 1e6 / 8 if last.mbps > 0 else None
+    eta = left / throughput if throughput and left else None
+    measured = last.dirty_sync_count >= 2 or last.dirty_rate_Bps > 0  # QEMU measures it at a pass's end
+    dirty = last.dirty_rate_Bps if measured and not last.postcopy else None
+    return ProgressView(phase, passes, last.transferred, left, percent, eta, dirty, throughput, reason)
 
 
 async def show_progress(job: Watched, console: Console, period_s: float = 0.25) -> None:
     """Draw until cancelled. Runs as a task beside ``job.run()``."""
     columns = (
         TextColumn("[bold]{task.fields[phase]:<9}[/] pass {task.fields[pass_]:>2}"),
-        BarColumn(),
-        TextColumn("{task.fields[moved]}"),
-        TextColumn("dirty {task.fields[dirty]}/s  {task.fields[mbps]} Mbit/s"),
+        BarColumn(bar_width=20),
+        TextColumn("{task.fields[figures]}"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(job.name, total=None, phase="setup", pass_=0, moved="", dirty="-", mbps="-")
+        task = bar.add_task(job.name, total=None, phase="setup", pass_=0, figures="")
         with contextlib.suppress(asyncio.CancelledError):
             while True:
                 mig = job.migration
-                latest = mig.latest if mig is not None else None
-                if mig is not None and latest is not None:
-                    done, left = latest["transferred"], latest["remaining"]
-                    bar.update(
-                        task,
-                        completed=done,
-                        total=done + left if left else None,
-                        phase=str(mig.state),
-                        pass_=latest["passes"],
-                        moved=f"{_mib(done)} sent, {_mib(left)} left",
-                        dirty=_mib(latest["dirty_rate_bps"]),
-                        mbps=f"{latest['mbps']:.0f}",
-                    )
-                elif mig is not None:
-                    bar.update(task, phase=str(mig.state))
+                if mig is not None:
+                    latest = mig.latest
+                    view = progress_view(
+                        [s.info for s in mig.loop.timeline], str(mig.state),
+                        latest["passes"] if latest else 0, mig.loop.decisions[-1] if mig.loop.decisions else None,
+                    )  # fmt: skip
+                    figures = view.line() + (f"\n  {view.decision}" if view.decision else "")
+                    bar.update(task, completed=view.percent or 0, total=100 if view.percent is not None else None,
+                               phase=view.phase, pass_=view.passes, figures=figures)  # fmt: skip
                 await asyncio.sleep(period_s)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from livemig.errors import SpecError
+from livemig.errors import SpecError, UsageError
+from livemig.units import parse_rate
 
 __all__ = ["MODES", "Workload", "parse_workload"]
 
@@ -64,6 +65,30 @@ class Workload:
         return 0
 
 
+def _whole(field_name: str, key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise SpecError(field_name, f"{key}={value!r} is not a whole number") from None
+
+
+def _rate_mib(field_name: str, value: str) -> int:
+    """A workload's write rate in whole MiB/s: a bare number is MiB/s (the guest's unit);
+    livemig's rate convention is accepted too (``20M``, ``8MiB/s``, ``160mbit``)."""
+    if value.isdigit():
+        return int(value)
+    try:
+        rate = parse_rate(value, "rate")
+    except UsageError as exc:
+        raise SpecError(
+            field_name, f"rate={value!r}: a bare number is MiB/s; or 20M, 8MiB/s, 160mbit"
+        ) from exc
+    mib = round(rate / (1 << 20))
+    if mib < 1:
+        raise SpecError(field_name, f"rate={value!r} is under 1 MiB/s, the workload's step")
+    return mib
+
+
 def parse_workload(text: str, field_name: str = "workload") -> Workload:
     """Parse ``MODE[:key=value,...]``; raise :class:`SpecError` naming what is wrong."""
     text = text.strip()
@@ -88,10 +113,7 @@ def parse_workload(text: str, field_name: str = "workload") -> Workload:
         if bounds is None:
             allowed = sorted([*_NUM[mode], *(["pattern"] if mode == "dirty" else [])])
             raise SpecError(field_name, f"{mode} takes no {key!r} (it takes {', '.join(allowed)})")
-        try:
-            number = int(value)
-        except ValueError:
-            raise SpecError(field_name, f"{key}={value!r} is not a whole number") from None
+        number = _rate_mib(field_name, value) if key == "rate" else _whole(field_name, key, value)
         lo, hi = bounds
         if not lo <= number <= hi:
             raise SpecError(field_name, f"{key}={number} is out of range [{lo}, {hi}]")
