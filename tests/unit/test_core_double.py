@@ -43,6 +43,7 @@ class DoubleBackend:
     refuse_switch: bool = False
     refuse_recover: int = 0  # recover attempts that fail first
     silent_start: bool = False  # start pushes no events (the test pushes them)
+    forgets: bool = False  # once cancelled, report no figures (as QEMU does)
     src_status: str = "none"
     transferred: int = 0
     sink: EventSink | None = None
@@ -116,6 +117,8 @@ class DoubleBackend:
         self.commands.append(f"tune downtime={downtime_limit_ms} bw={max_bandwidth} pc={postcopy_bandwidth}")
 
     async def progress(self, side: Side = "src") -> MigrationInfo:
+        if self.forgets and self.src_status == "cancelled":
+            return MigrationInfo(self.src_status)
         if not self.frozen:
             self.transferred += 1 << 20
         return MigrationInfo(
@@ -239,6 +242,22 @@ def test_cancel_in_precopy_keeps_the_vm_on_the_source_and_is_refused_after_the_s
         assert (await asyncio.wait_for(task2, 3)).status == "completed"
 
     asyncio.run(main())
+
+
+def test_a_cancelled_run_still_reports_the_bytes_and_time_it_spent() -> None:
+    async def main() -> MigrationReport:
+        be = DoubleBackend(forgets=True)
+        mig = Migration(be, fast("manual"))
+        task = asyncio.create_task(mig.run())
+        await until(lambda: len(mig.loop.timeline) >= 3)
+        await mig.cancel()
+        return await asyncio.wait_for(task, 3)
+
+    report = asyncio.run(main())
+    assert report.status == "cancelled"
+    sent = report.timeline[-1]["transferred"]
+    assert sent > 0 and report.bytes_transferred == sent  # the hypervisor forgot; the samples did not
+    assert report.total_time_ms is not None and report.total_time_ms > 0
 
 
 def test_a_refused_switch_is_logged_published_and_ends_the_migration_on_the_source(

@@ -564,10 +564,22 @@ class Migration:
         base.started_at, base.ended_at = _iso(time.time() - wall / 1000), _iso(time.time())
         base.livemig_version, base.options = _version(), self.options.summary()
         base.manager_cpu_ms, base.manager_cpu_share = round(cpu, 1), round(cpu / wall, 4) if wall else None
-        src = await self._final_info("src")
+        src = self._with_spent(await self._final_info("src"))
         blocktime = self.negotiated is not None and self.negotiated.caps.get("postcopy-blocktime")
         dst = await self._final_info("dst") if blocktime else None
         return build_report(base, switch, self.negotiated, (t.stop_ts, t.resume_ts), src, dst)
+
+    def _with_spent(self, src: MigrationInfo | None) -> MigrationInfo | None:
+        """A migration that did not complete still cost bytes and time: QEMU keeps no
+        figures after a cancel (nor a lost source any), so take the last sample's bytes and
+        the time from the start to now."""
+        last = self.loop.last
+        if self.state is S.COMPLETED or last is None or (src is not None and src.transferred):
+            return src
+        elapsed = (time.time() - self.loop.started) * 1000 if self.loop.started else None
+        base = src or MigrationInfo(str(self.state))
+        return replace(base, transferred=last.transferred, remaining=last.remaining,
+                       total_time_ms=base.total_time_ms or (round(elapsed, 1) if elapsed else None))  # fmt: skip
 
     async def _final_info(self, side: Side) -> MigrationInfo | None:
         if self.backend.lost(side).is_set():

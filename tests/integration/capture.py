@@ -1,0 +1,65 @@
+"""A packet capture for the TLS test: run inside a lab namespace (``ip netns exec NS
+python capture.py IFNAME OUTDIR``), it reads every frame on IFNAME with a packet socket
+and appends each TCP flow's payload, in capture order, to a file of its own in OUTDIR,
+until SIGTERM; then it writes OUTDIR/summary.json (frames, bytes, flows).
+
+The test then searches the flows for bytes that the guest wrote into its memory: a
+migration stream in the clear carries them, an encrypted one never does."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import struct
+import sys
+from pathlib import Path
+from typing import IO
+
+ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+
+
+def main(ifname: str, out: Path) -> None:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    sock.bind((ifname, 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+    sock.settimeout(0.2)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    files: dict[str, IO[bytes]] = {}
+    frames = payload = 0
+    (out / "ready").touch()
+    while not stop:
+        try:
+            frame = sock.recv(1 << 17)
+        except TimeoutError:
+            continue
+        frames += 1
+        if (
+            len(frame) < 34
+            or struct.unpack("!H", frame[12:14])[0] != ETH_P_IP
+            or frame[23] != socket.IPPROTO_TCP
+        ):
+            continue
+        ihl = (frame[14] & 0x0F) * 4
+        total = struct.unpack("!H", frame[16:18])[0]
+        tcp = 14 + ihl
+        data = frame[tcp + (frame[tcp + 12] >> 4) * 4 : 14 + total]
+        if not data:
+            continue
+        sport, dport = struct.unpack("!HH", frame[tcp : tcp + 4])
+        key = f"{socket.inet_ntoa(frame[26:30])}_{sport}-{socket.inet_ntoa(frame[30:34])}_{dport}"
+        if key not in files:
+            files[key] = (out / f"flow-{key}.bin").open("wb")
+        files[key].write(data)
+        payload += len(data)
+    for f in files.values():
+        f.close()
+    (out / "summary.json").write_text(
+        json.dumps({"frames": frames, "payload_bytes": payload, "flows": sorted(files)})
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))
