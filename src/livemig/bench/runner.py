@@ -30,7 +30,7 @@ from livemig.spec import Nic, VMSpec
 from livemig.units import parse_duration_ms, parse_rate
 from livemig.vm import start_vm, stop_vm
 
-__all__ = ["metrics_of", "run_bench", "run_once"]
+__all__ = ["metrics_of", "migration_ms", "run_bench", "run_once"]
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,20 @@ def metrics_of(report: MigrationReport, poll_ms: dict[str, float] | None = None)
         _metric("network_max_gap_ms", (report.network or {}).get("max_gap_ms"), "ms"),
         _metric("network_lost", (report.network or {}).get("lost"), "count"),
         _metric("manager_cpu_share", report.manager_cpu_share, "ratio"),
+        _metric("migration_ms", migration_ms(report.events), "ms"),
     ]
     if poll_ms:
         out.append(_metric("poll_latency_mean_ms", round(statistics.fmean(poll_ms.values()), 3), "ms"))
     return out
+
+
+def migration_ms(events: list[dict[str, Any]]) -> float | None:
+    """The migration's length in QEMU's own clock: the source's ``setup`` to its
+    ``completed`` (the same definition on every backend; libvirt's own ``time_elapsed``
+    also counts starting the destination QEMU)."""
+    ts = {e["name"]: e.get("qemu_ts") for e in events}
+    start, end = ts.get("setup"), ts.get("completed")
+    return round((end - start) * 1000, 1) if start is not None and end is not None else None
 
 
 async def _migrate(
