@@ -32,7 +32,7 @@ def documented() -> set[str]:
         for field in re.findall(r"`([^`]+)`", first):
             names.add(field)
             if field in CONTAINERS:
-                names |= {f"{field}.{sub}" for sub in re.findall(r"`([a-z0-9_]+)", " ".join(rest))}
+                names |= {f"{field}.{sub}" for sub in re.findall(r"`([A-Za-z0-9_]+)", " ".join(rest))}
     for name in list(names):
         parts = name.split(".")
         for k in range(1, len(parts) + 1):
@@ -75,7 +75,8 @@ def test_no_key_has_a_space() -> None:
 def test_a_recorded_report_is_documented() -> None:
     report = {"vm": "v", "guest": {"max_stall_ms": 1.0, "stalls": [{"after_seq": 1, "ms": 2.0}]},
               "timeline": [{"t": 0.1, "mbps": 1.0}], "decisions": [{"trigger": "start"}],
-              "network": {"rtt_p50_ms": 0.2, "max_gap_ms": 9.0, "announce": {"frames": 1}}}  # fmt: skip
+              "network": {"rtt_p50_ms": 0.2, "max_gap_ms": 9.0, "announce": {"frames": 1}},
+              "options": {"max_bandwidth_Bps": None, "announce_ms": {"rounds": 6}}}  # fmt: skip
     assert_documented(report)
     try:
         assert_documented({"vm": "v", "nosuch": 1})
