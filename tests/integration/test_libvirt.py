@@ -179,7 +179,6 @@ def test_every_policy_moves_the_domain(lab: LibvirtLab, policy: str) -> None:
     assert pushed and all(e["latency_ms"] is not None and e["latency_ms"] < 1000 for e in pushed)
     assert report["blackout_ms"] is not None and 0 < report["blackout_ms"] < 5000
     assert report["guest"]["max_stall_ms"] >= report["blackout_ms"] * 0.5
-    assert report["backend"]["name"] == "libvirt"
     assert_documented(report)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
-from livemig.backends.libvirt import call, connect
+from livemig.backends.libvirt.backend import call, connect, dotted
 from livemig.backends.libvirt.domain import heartbeat_path
 from livemig.backends.libvirt.models import parse_job_stats
 from livemig.bench.scenarios import Cell
@@ -111,7 +111,7 @@ async def _virsh(name: str, daemons: dict[str, LabDaemon], address: str) -> Migr
         await asyncio.sleep(GRACE_S)
         report = MigrationReport(
             vm=name, status="completed" if proc.returncode == 0 else "failed", policy=VIRSH_POLICY,
-            qemu_version=".".join(str(conns["src"].getVersion() // 10**k % 1000) for k in (6, 3, 0)),
+            qemu_version=dotted(conns["src"].getVersion()),
             accel="tcg", preempt=False, blackout_ms=blackout.ms,
             error=err.decode(errors="replace").strip() or None if proc.returncode else None,
         )  # fmt: skip

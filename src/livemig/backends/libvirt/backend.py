@@ -66,7 +66,7 @@ from livemig.errors import (
 )
 from livemig.qemu.binary import MULTIFD_POSTCOPY_MIN
 
-__all__ = ["LibvirtBackend", "call", "connect", "find_domain"]
+__all__ = ["LibvirtBackend", "call", "connect", "dotted", "find_domain"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,7 +80,8 @@ def _mib(rate: int) -> int:
     return max(1, -(-rate // MiB))
 
 
-def _dotted(version: int) -> str:
+def dotted(version: int) -> str:
+    """libvirt's packed version number (11003000) as text (11.3.0)."""
     return ".".join(str(version // 10**k % 1000) for k in (6, 3, 0))
 
 
@@ -181,8 +182,8 @@ class LibvirtBackend:
         self.conns: dict[Side, libvirt.virConnect] = {"src": src, "dst": dst}
         self.peer_uri = peer_uri
         self.migrate_uri = migrate_uri
-        self.version = _dotted(src.getVersion())  # QEMU's, as the report's qemu_version
-        self.version_libvirt = _dotted(src.getLibVersion())
+        self.version = dotted(src.getVersion())  # QEMU's, as the report's qemu_version
+        self.version_libvirt = dotted(src.getLibVersion())
         self.accel = "kvm" if "type='kvm'" in dom.XMLDesc(0).split(">", 1)[0] else "tcg"
         self.log = log.getChild(self.name)
         self._loop = asyncio.get_running_loop()
