@@ -360,7 +360,10 @@ async def domain_rows(uri: str) -> list[dict[str, Any]]:
 async def measure_dirty_rate(uri: str, name: str, seconds: int) -> tuple[int, float]:
     """A domain's RAM (bytes) and dirty rate (bytes/s): libvirt's ``startDirtyRateCalc``
     in page-sampling mode (QEMU's calc-dirty-rate: read-only), then its result once
-    measured. Refused for a domain that is not running or is migrating."""
+    measured. Refused for a domain that is not running or is migrating. libvirt does not
+    pass a sample size, so QEMU hashes its default 512 pages per GiB: a coarse reading
+    for a slow writer over a short window (a longer ``seconds`` helps; the dirty-bitmap
+    mode reads 0 under TCG)."""
     conn = await connect(uri)
     try:
         dom = await _lookup(conn, name, uri)

@@ -163,7 +163,9 @@ def test_plan_predicts_every_policy_and_leaves_the_vm_as_it_was(vms: VMFactory) 
     ]  # fmt: skip
     measured = plan["measured"]
     assert measured["ram_bytes"] == 256 << 20  # QEMU's own figure for the guest's memory
-    assert measured["dirty_Bps"] > 0  # QEMU sampled a guest that writes 8 MB/s
+    # the guest writes 8 MiB/s; QEMU hashes 1024 of its 65536 pages, of which 1/32 change
+    # in the 1 s window: about 32 hits, so the reading falls well inside a factor of 2
+    assert 4 << 20 < measured["dirty_Bps"] < 16 << 20
     assert plan["auto"] and plan["auto"][0].startswith("pass 1:")
     # the VM is as it was: running, same QEMU, no migration recorded or under way in QEMU
     rec = vms.record()

@@ -250,7 +250,10 @@ def test_vm_list_shows_libvirts_domains(lab: LibvirtLab) -> None:
 def test_plan_predicts_every_policy_and_changes_nothing(lab: LibvirtLab) -> None:
     host = lab.where()
     other = "dst" if host == "src" else "src"
-    r = lab.cli("-c", host, "plan", DOMAIN, "--to", other, "--seconds", "1", "--json")
+    # libvirt lets QEMU hash 512 pages per GiB (128 of this guest's): over 1 s the 4 MiB/s
+    # writer dirtied 1024 pages and a sample missed them all once in CI; over 5 s a miss
+    # has odds of (1 - 5 x 1024 / 65536) ** 128, about 3e-5.
+    r = lab.cli("-c", host, "plan", DOMAIN, "--to", other, "--seconds", "5", "--json")
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
     assert [p["policy"] for p in plan["predictions"]] == ["precopy", "postcopy-now", "postcopy-after:1",
