@@ -25,6 +25,7 @@ import libvirt
 
 from livemig.backends.libvirt import LibvirtBackend, call, connect, find_domain
 from livemig.backends.libvirt.domain import DomainFacts, domain_facts, domain_xml
+from livemig.backends.libvirt.models import handshakes
 from livemig.control import ControlServer, request
 from livemig.core.bus import EventBus
 from livemig.core.migration import Migration
@@ -259,6 +260,7 @@ class DomainMigration(MigrationHandle):
         report.backend = {
             "name": "libvirt", "libvirt_version": backend.version_libvirt, "source": t.src_uri,
             "destination": t.dst_uri, "migrate_uri": t.migrate_uri, "lifecycle": backend.lifecycle,
+            "handshakes_ms": handshakes(backend.seen),
         }  # fmt: skip
         src, dst = _host_name(self.registry.root, t.src_uri), _host_name(self.registry.root, t.dst_uri)
         report.hosts = {"source": src, "destination": dst}

@@ -65,7 +65,7 @@ class DoubleBackend:
         self.sink = sink
 
     async def prepare(self, options: Any, allows_postcopy: bool) -> Negotiated:
-        self.commands.append(f"prepare postcopy={allows_postcopy}")
+        self.commands.append(f"prepare postcopy={allows_postcopy} bw={options.max_bandwidth}")
         return Negotiated("double:1", {"postcopy-ram": allows_postcopy})
 
     async def start(self) -> None:
@@ -187,6 +187,31 @@ def test_every_policy_walks_to_completion(
         assert names[0] == "setup" and names[-1] == "completed"
         assert report.blackout_ms is not None and report.blackout_ms >= 0
         assert mig.bus.closed
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("policy", "asked", "sent"),
+    [("postcopy-now", None, 1 << 20), ("postcopy-now", 50 << 20, 50 << 20),
+     ("postcopy-after:1", None, None), ("precopy", None, None), ("manual", None, None)],
+)  # fmt: skip
+def test_only_a_switch_at_once_caps_precopy_before_it(
+    policy: str, asked: int | None, sent: int | None
+) -> None:
+    """postcopy-now's pre-copy bytes would only queue ahead of the switch: the backend is
+    asked for 1 MiB/s unless a bandwidth was given; the report keeps what was given."""
+
+    async def main() -> None:
+        be, mig, task = await begin(policy, max_bandwidth=asked)
+        assert f"prepare postcopy={policy != 'precopy'} bw={sent}" in be.commands
+        if policy == "postcopy-now":
+            await until(lambda: mig.state is S.POSTCOPY)
+            await be.complete()
+        else:
+            await mig.cancel()
+        report = await asyncio.wait_for(task, 3)
+        assert report.options["max_bandwidth_Bps"] == asked
 
     asyncio.run(main())
 

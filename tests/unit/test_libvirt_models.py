@@ -12,8 +12,14 @@ pytest.importorskip("libvirt")
 
 from livemig.backends.libvirt.backend import _mib
 from livemig.backends.libvirt.domain import domain_facts, domain_xml, heartbeat_path
-from livemig.backends.libvirt.models import lifecycle_name, monitor_event, parse_job_stats, status_from_state
-from livemig.core.backend import EventKind
+from livemig.backends.libvirt.models import (
+    handshakes,
+    lifecycle_name,
+    monitor_event,
+    parse_job_stats,
+    status_from_state,
+)
+from livemig.core.backend import BackendEvent, EventKind
 from livemig.errors import UsageError
 from livemig.lab.libvirtd import LabDaemon, daemon_for_uri, lab_uri
 from livemig.spec import VMSpec
@@ -128,3 +134,49 @@ def test_lab_daemon_paths_and_uris(tmp_path: Path) -> None:
     assert resolve_uri("qemu:///system", tmp_path) == "qemu:///system"
     with pytest.raises(UsageError, match="neither a libvirt URI nor a lab host"):
         resolve_uri("elsewhere", tmp_path)
+
+
+def _trace(rows: list[tuple[float, str, str, str | None]]) -> list[BackendEvent]:
+    """QEMU events as libvirt forwarded them here: (ms, side, event, data)."""
+    base = 1796057353
+    out = []
+    for ms, side, event, data in rows:
+        t = base + ms / 1000
+        ev = monitor_event(side, event, int(t), round((t - int(t)) * 1e6), data, t + 0.001)  # type: ignore[arg-type]
+        assert ev is not None
+        out.append(ev)
+    return out
+
+
+def _mig(status: str) -> str:
+    return json.dumps({"status": status})
+
+
+# Recorded with a monitor-event listener on both lab daemons (libvirt 9.0, QEMU 10.0.2):
+# a pre-copy, and a postcopy-now, each as the two daemons delivered them
+PRECOPY = [(0.0, "src", "MIGRATION", _mig("setup")), (3.1, "src", "MIGRATION", _mig("active")),
+           (7721.7, "src", "STOP", None), (7722.8, "src", "MIGRATION", _mig("pre-switchover")),
+           (7727.0, "src", "MIGRATION", _mig("device")), (8070.8, "dst", "MIGRATION", _mig("completed")),
+           (8071.1, "src", "MIGRATION", _mig("completed")), (8076.4, "dst", "RESUME", None)]  # fmt: skip
+POSTCOPY = [(0.0, "src", "MIGRATION", _mig("setup")), (108.6, "src", "STOP", None),
+            (109.7, "src", "MIGRATION", _mig("pre-switchover")), (112.0, "src", "MIGRATION", _mig("device")),
+            (112.9, "src", "MIGRATION", _mig("postcopy-active")), (113.6, "dst", "MIGRATION", _mig("postcopy-active")),
+            (121.9, "dst", "RESUME", None), (6586.7, "src", "MIGRATION", _mig("completed")),
+            (6587.1, "dst", "MIGRATION", _mig("completed"))]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [(PRECOPY, {"continue_ms": 4.2, "resume_ms": 5.6}), (POSTCOPY, {"continue_ms": 2.3, "resume_ms": 8.3}),
+     # without pause-before-switchover (a QEMU of livemig's own): nothing of libvirt's
+     ([r for r in PRECOPY if "pre-switchover" not in str(r[3])][:4], {"continue_ms": None, "resume_ms": None}),
+     # a recovery later resumes nothing new: the first pause is the one measured
+     ([*POSTCOPY, (9000.0, "dst", "MIGRATION", _mig("postcopy-active")), (9050.0, "dst", "RESUME", None)],
+      {"continue_ms": 2.3, "resume_ms": 8.3})],
+)  # fmt: skip
+def test_libvirts_handshakes_inside_the_pause(
+    rows: list[tuple[float, str, str, str | None]], expected: dict[str, float | None]
+) -> None:
+    got = handshakes(list(reversed(_trace(rows))))  # delivery order does not matter: QEMU's clock does
+    for key, want in expected.items():
+        assert got[key] == (pytest.approx(want, abs=0.01) if want is not None else None), key

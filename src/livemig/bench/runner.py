@@ -30,7 +30,7 @@ from livemig.spec import Nic, VMSpec
 from livemig.units import parse_duration_ms, parse_rate
 from livemig.vm import start_vm, stop_vm
 
-__all__ = ["metrics_of", "migration_ms", "run_bench", "run_once"]
+__all__ = ["libvirt_handshake_ms", "metrics_of", "migration_ms", "run_bench", "run_once"]
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,18 @@ def metrics_of(report: MigrationReport, poll_ms: dict[str, float] | None = None)
         _metric("network_lost", (report.network or {}).get("lost"), "count"),
         _metric("manager_cpu_share", report.manager_cpu_share, "ratio"),
         _metric("migration_ms", migration_ms(report.events), "ms"),
+        _metric("libvirt_handshake_ms", libvirt_handshake_ms(report.backend), "ms"),
     ]
     if poll_ms:
         out.append(_metric("poll_latency_mean_ms", round(statistics.fmean(poll_ms.values()), 3), "ms"))
     return out
+
+
+def libvirt_handshake_ms(backend: dict[str, Any] | None) -> float | None:
+    """How much of the blackout was libvirt's own round trips (its ``migrate-continue``
+    and ``cont``); None on livemig's own QEMUs, or when neither was seen."""
+    parts = [v for v in ((backend or {}).get("handshakes_ms") or {}).values() if v is not None]
+    return round(sum(parts), 3) if parts else None
 
 
 def migration_ms(events: list[dict[str, Any]]) -> float | None:

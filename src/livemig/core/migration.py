@@ -448,7 +448,10 @@ class Migration:
     async def _start(self) -> None:
         await self._set_state(S.SETUP, "run() called")
         await self._open()
-        self.negotiated = await self.backend.prepare(self.options, self.policy.allows_postcopy)
+        options = self.options.for_start()
+        if options.max_bandwidth != self.options.max_bandwidth:
+            self.log.info("pre-copy at %d bytes/s until the switch (%s)", options.max_bandwidth, self.policy)
+        self.negotiated = await self.backend.prepare(options, self.policy.allows_postcopy)
         self.loop.started = time.time()
         await self.backend.start()
 

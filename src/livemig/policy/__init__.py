@@ -67,6 +67,11 @@ class Policy:
     def allows_postcopy(self) -> bool:
         return self.kind != "precopy"
 
+    @property
+    def switches_at_once(self) -> bool:
+        """Switches before any pass: pre-copy's bytes only come ahead of the switch."""
+        return self.kind == "postcopy-now"
+
     def decide(self, p: Progress) -> Decision:
         if self.kind == "auto":
             return decide_auto(p, self.auto or AutoParams())

@@ -203,6 +203,7 @@ class LibvirtBackend:
         self._src_stopped = asyncio.Event()  # the source domain stopped (libvirt's Confirm phase)
         self._seen_status = asyncio.Event()  # the source's QEMU began migrating
         self.lifecycle: list[dict[str, Any]] = []  # libvirt's lifecycle events, for the report
+        self.seen: list[BackendEvent] = []  # every event delivered, for the report's handshakes
         for side, conn in self.conns.items():
             conn.registerCloseCallback(self._on_close, side)
 
@@ -281,6 +282,7 @@ class LibvirtBackend:
     async def _deliver(self, sink: EventSink) -> None:
         while True:
             ev = await self._queue.get()
+            self.seen.append(ev)
             if ev.kind is EventKind.STATUS and ev.status is not None:
                 self._status[ev.side] = ev.status
                 if ev.side == "src":

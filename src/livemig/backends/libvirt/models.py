@@ -12,9 +12,16 @@ from typing import Any, Final
 import libvirt
 
 from livemig.backends.qemu.models import parse_event
-from livemig.core.backend import BackendEvent, MigrationInfo, Side
+from livemig.core.backend import BackendEvent, EventKind, MigrationInfo, Side
 
-__all__ = ["MONITOR_EVENTS", "lifecycle_name", "monitor_event", "parse_job_stats", "status_from_state"]
+__all__ = [
+    "MONITOR_EVENTS",
+    "handshakes",
+    "lifecycle_name",
+    "monitor_event",
+    "parse_job_stats",
+    "status_from_state",
+]
 
 MONITOR_EVENTS: Final = ("MIGRATION", "STOP", "RESUME")  # passes come from MIGRATION_ITERATION
 
@@ -64,6 +71,30 @@ def monitor_event(side: Side, event: str, seconds: int, micros: int, details: st
         return None
     msg = {"event": event, "data": data, "timestamp": {"seconds": seconds, "microseconds": micros}}
     return parse_event(side, msg, arrived)
+
+
+def _mark(ev: BackendEvent) -> str:
+    return ev.status if ev.kind is EventKind.STATUS and ev.status else ev.kind.name
+
+
+def handshakes(events: list[BackendEvent]) -> dict[str, float | None]:
+    """The parts of the pause that are libvirt's own round trips, from QEMU's timestamps
+    (pure). ``continue_ms``: the source in ``pre-switchover`` (libvirt always turns on
+    pause-before-switchover) until ``device`` (libvirt's ``migrate-continue``).
+    ``resume_ms``: the destination ready (its ``postcopy-active`` or ``completed``) until
+    it ran (libvirt starts it paused, then sends ``cont``). None: not seen."""
+    last: dict[tuple[Side, str], float] = {}
+    out: dict[str, float | None] = {"continue_ms": None, "resume_ms": None}
+    for ev in sorted((e for e in events if e.ts is not None), key=lambda e: e.ts or 0.0):
+        mark, ts = _mark(ev), ev.ts or 0.0
+        if ev.side == "src" and mark == "device" and ("src", "pre-switchover") in last:
+            out["continue_ms"] = out["continue_ms"] or round((ts - last["src", "pre-switchover"]) * 1000, 3)
+        if ev.side == "dst" and mark == "RESUMED" and out["resume_ms"] is None:
+            ready = [last[k] for k in (("dst", "postcopy-active"), ("dst", "completed")) if k in last]
+            if ready:
+                out["resume_ms"] = round((ts - max(ready)) * 1000, 3)
+        last[ev.side, mark] = ts
+    return out
 
 
 def _num(stats: Mapping[str, Any], key: str) -> float | None:
