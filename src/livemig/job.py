@@ -207,7 +207,7 @@ class MigrationJob:
             report = await (mig.attach() if attach else mig.run())
             await self._observe(report, rec, readers, probe, t0)
             report.link = link
-            rates = [r for r in (link and link["rate_bps"], self.options.max_bandwidth) if r]
+            rates = [r for r in (link and link["rate_Bps"], self.options.max_bandwidth) if r]
             report.set_bound(min(rates) if rates else None)
             if report.status == "failed" and report.switched_at_pass is not None:
                 report.evidence = await _evidence(rec.instance, dst_inst, mig.backend)
@@ -243,7 +243,9 @@ class MigrationJob:
             Endpoint("src", src_mon, version, rec.instance.accel),
             Endpoint("dst", dst_mon, version, dst_inst.accel),
         )
-        mig = Migration(backend, self.options, self.bus)
+        mig = Migration(
+            backend, self.options, self.bus, {"src": rec.host or "local", "dst": self.to_host or "local"}
+        )
         if rec.spec.workload.mode == "faultprobe" and readers:
             mig.bus.on(lambda _ev: self._probe_go(readers[1]), names=["destination-resumed"])
         mig.on_event(lambda _ev: self._record_state(rec, mig))
@@ -299,7 +301,7 @@ class MigrationJob:
             self.options = dataclasses.replace(self.options, tls_dirs=dirs)
         shaping = lab.plan.shaping
         link = {
-            "from": rec.host, "to": self.to_host, "shaping": str(shaping), "rate_bps": shaping.rate_bps,
+            "from": rec.host, "to": self.to_host, "shaping": str(shaping), "rate_Bps": shaping.rate_bps,
             "burst_bytes": shaping.burst_bytes, "latency_ms": shaping.latency_ms,
             "wmem_max": lab.plan.wmem_max.get(rec.host),
         }  # fmt: skip

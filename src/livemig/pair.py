@@ -240,7 +240,8 @@ class PairMigration(MigrationHandle):
                 Endpoint("dst", dst_mon, dst.version, dst.accel), uri=self.pair.uri,
             )  # fmt: skip
             host = self.pair.uri.split(":")[1].strip("[]")
-            mig = Migration(backend, replace(self.options, address=host, port=0), self.bus)
+            hosts = {"src": f"QMP {self.pair.src_qmp}", "dst": f"QMP {self.pair.dst_qmp}"}
+            mig = Migration(backend, replace(self.options, address=host, port=0), self.bus, hosts)
             self.migration = mig
             if self.control:
                 server = ControlServer(

@@ -215,7 +215,11 @@ class DomainMigration(MigrationHandle):
                 readers = [HeartbeatReader(src_hb, "src", self.log), HeartbeatReader(dst_hb, "dst", self.log)]
                 await readers[0].start(timeout=2.0)
                 waiter = asyncio.create_task(self._start_later(readers[1]), name=f"hb-dst-{self.name}")
-            mig = Migration(backend, self.options, self.bus)
+            hosts = {
+                "src": _host_name(self.registry.root, t.src_uri),
+                "dst": _host_name(self.registry.root, t.dst_uri),
+            }
+            mig = Migration(backend, self.options, self.bus, hosts)
             self.migration = mig
             server = ControlServer(ctl, self.name, lambda: self.migration)
             await server.start()

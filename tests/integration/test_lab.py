@@ -31,7 +31,7 @@ def test_up_down_are_idempotent_and_leave_nothing(lab_env: Path) -> None:
     assert again.returncode == 0, again.stderr  # up again: the same lab, reshaped
     status = json.loads(livemig("lab", "status", "--json", runtime=lab_env).stdout)
     assert status["shaping"] == "tbf rate 300mbit burst 256kb latency 20ms"
-    assert [h["qdisc"]["rate_bps"] for h in status["hosts"]] == [37_500_000, 37_500_000]
+    assert [h["qdisc"]["rate_Bps"] for h in status["hosts"]] == [37_500_000, 37_500_000]
     tc = subprocess.run(
         ["ip", "netns", "exec", f"{LAB_PREFIX}switch", "tc", "qdisc", "show"],
         capture_output=True, text=True, check=True,
@@ -101,7 +101,7 @@ def test_migration_crosses_the_shaped_link(lab_env: Path, vms: VMFactory) -> Non
     opts = MigrationOptions(policy=parse_policy("postcopy-after:1"))
     report = SyncMigration("vm", options=opts, registry=vms.registry, to_host="dst").migrate()
     assert report.status == "completed", report.error
-    assert report.link is not None and report.link["rate_bps"] == rate and report.link["to"] == "dst"
+    assert report.link is not None and report.link["rate_Bps"] == rate and report.link["to"] == "dst"
     assert report.bytes_transferred and report.total_time_ms
     throughput = report.bytes_transferred / (report.total_time_ms / 1000)
     assert throughput < rate * 1.05, f"{throughput / 1e6:.1f} MB/s through a {rate / 1e6:.0f} MB/s link"

@@ -182,6 +182,9 @@ def test_every_policy_walks_to_completion(
         assert report.status == "completed"
         assert report.switched_at_pass == switched_at
         assert ("switch" in be.commands) is (switched_at is not None)
+        if switched_at is not None:  # when livemig was asked, before it published the request
+            req = next(e for e in report.events if e["name"] == "postcopy-requested")
+            assert 0 < req["data"]["requested_ts"] <= req["delivered_ts"]
         assert be.commands[0] == "open" and be.commands[-1] == "close"
         names = [e["name"] for e in report.events]
         assert names[0] == "setup" and names[-1] == "completed"

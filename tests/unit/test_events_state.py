@@ -65,6 +65,22 @@ def test_pass_counts_completed_passes() -> None:
     assert ev is not None and ev.data == {"n": 3, "completed_passes": 2}
 
 
+def test_an_event_of_one_side_names_it_and_its_host() -> None:
+    hosts = {"src": "hostA", "dst": "hostB"}
+    for side, who, host, msg in (
+        ("src", "source", "hostA", qmp("STOP")),
+        ("dst", "destination", "hostB", qmp("RESUME")),
+    ):
+        ev = parse_event(side, msg)
+        assert ev is not None
+        got = translate_backend(ev, hosts=hosts)
+        assert got is not None and got.data == {"side": who, "host": host}
+    ev = parse_event("dst", qmp("MIGRATION", status="failed"))
+    assert ev is not None
+    got = translate_backend(ev)  # no hosts given: the side alone
+    assert got is not None and got.data == {"side": "destination", "status": "failed"}
+
+
 def test_state_machine_happy_paths() -> None:
     for path in ([S.SETUP, S.PRECOPY, S.COMPLETED], [S.SETUP, S.PRECOPY, S.POSTCOPY, S.COMPLETED]):
         sm = StateMachine()

@@ -74,7 +74,7 @@ def test_no_key_has_a_space() -> None:
 
 def test_a_recorded_report_is_documented() -> None:
     report = {"vm": "v", "guest": {"max_stall_ms": 1.0, "stalls": [{"after_seq": 1, "ms": 2.0}]},
-              "timeline": [{"t": 0.1, "mbps": 1.0}], "decisions": [{"trigger": "start"}],
+              "timeline": [{"t": 0.1, "throughput_Bps": 125000}], "decisions": [{"trigger": "start"}],
               "network": {"rtt_p50_ms": 0.2, "max_gap_ms": 9.0, "announce": {"frames": 1}},
               "options": {"max_bandwidth_Bps": None, "announce_ms": {"rounds": 6}}}  # fmt: skip
     assert_documented(report)
@@ -84,3 +84,10 @@ def test_a_recorded_report_is_documented() -> None:
         assert "nosuch" in str(exc)
     else:
         raise AssertionError("an undocumented field went unnoticed")
+
+
+def test_rates_are_named_by_their_unit() -> None:
+    """One convention in the JSON: a rate is bytes/s and its key ends in ``_Bps``."""
+    key = re.compile(r"(^|_)(rate|bandwidth|throughput)(_|$)|bps", re.I)
+    rates = [n for n in documented() if key.search(n.rsplit(".", 1)[-1])]
+    assert len(rates) >= 6 and all(n.endswith("_Bps") for n in rates), rates

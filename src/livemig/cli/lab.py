@@ -138,7 +138,7 @@ def _print_status(the_lab: Lab) -> None:
     for h in st["hosts"]:
         q = h.get("qdisc")
         shaped = (
-            f"tbf {q['rate_bps'] * 8 / 1e6:g} Mbit/s, limit {q['limit_bytes']} B"
+            f"tbf {q['rate_Bps'] * 8 / 1e6:g} Mbit/s, limit {q['limit_bytes']} B"
             if q
             else h.get("error", "-")
         )

@@ -5,7 +5,8 @@ destination-resumed, completed, failed, cancelled, and for recovery
 postcopy-paused, postcopy-recovered; ``attached`` when livemig takes over a
 migration. Each event carries the hypervisor's own timestamp (``qemu_ts``, None
 for events livemig itself makes) and when livemig delivered it (``delivered_ts``),
-so delivery latency is measured, not guessed.
+so delivery latency is measured, not guessed. An event of one side names it in its
+``data``: ``side`` (``source`` or ``destination``) and, when the caller said, ``host``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from livemig.core.backend import BackendEvent, EventKind
+from livemig.core.sides import WHO
 
 __all__ = ["EVENT_NAMES", "MigrationEvent", "translate"]
 
@@ -75,8 +77,11 @@ _TABLE: Final[dict[tuple[EventKind, str, str | None], str]] = {
 }
 
 
-def translate(ev: BackendEvent, delivered_ts: float | None = None) -> MigrationEvent | None:
-    """The livemig event that a backend event names, or None."""
+def translate(
+    ev: BackendEvent, delivered_ts: float | None = None, hosts: Mapping[str, str] | None = None
+) -> MigrationEvent | None:
+    """The livemig event that a backend event names, or None. ``hosts``: each side's host
+    name, for the event's data."""
     when = time.time() if delivered_ts is None else delivered_ts
     if ev.kind is P:
         if ev.side != "src" or ev.n is None:
@@ -85,7 +90,9 @@ def translate(ev: BackendEvent, delivered_ts: float | None = None) -> MigrationE
     mapped = _TABLE.get((ev.kind, ev.side, ev.status))
     if mapped is None:
         return None
-    payload: dict[str, Any] = {"side": ev.side}
+    payload: dict[str, Any] = {"side": WHO[ev.side]}
+    if hosts and ev.side in hosts:
+        payload["host"] = hosts[ev.side]
     if ev.status is not None:
         payload["status"] = ev.status
     return MigrationEvent(mapped, payload, ev.ts, when)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -90,9 +90,14 @@ class Migration:
     """
 
     def __init__(
-        self, backend: Backend, options: MigrationOptions | None = None, bus: EventBus | None = None
+        self,
+        backend: Backend,
+        options: MigrationOptions | None = None,
+        bus: EventBus | None = None,
+        hosts: Mapping[str, str] | None = None,
     ) -> None:
         self.backend = backend
+        self.hosts = dict(hosts or {})  # each side's host name, for the events' data
         self.options = options or MigrationOptions()
         self.policy = self.options.policy
         self.name = backend.name
@@ -234,7 +239,7 @@ class Migration:
             self._passes = max(self._passes, ev.n)
         elif ev.kind is EventKind.STATUS and ev.status is not None:
             self.sides.update(ev.side, ev.status)
-        published = self._once(translate(ev))
+        published = self._once(translate(ev, hosts=self.hosts))
         if published is not None and not self.bus.closed:
             self.bus.publish(published)
         if ev.kind is EventKind.STATUS and ev.status is not None:
@@ -340,6 +345,7 @@ class Migration:
     async def start_postcopy(self, reason: str = "requested by caller") -> None:
         """Switch to post-copy and return once the source confirms (``postcopy-active``),
         or once pre-copy completed first (then nothing switched: see the report)."""
+        asked = time.time()
         if not self.policy.allows_postcopy:
             raise StateError(
                 "start-postcopy", self.state, (S.SETUP, S.PRECOPY),
@@ -349,7 +355,11 @@ class Migration:
             await self._migrate_issued.wait()
             self._postcopy_requested = True
             self._timing.switch = Switch(max(self._passes - 1, 0), reason)
-            self.bus.publish(MigrationEvent("postcopy-requested", {"reason": reason, "pass": self._passes}))
+            self.bus.publish(
+                MigrationEvent(
+                    "postcopy-requested", {"reason": reason, "pass": self._passes, "requested_ts": asked}
+                )
+            )
             await self.backend.switch()
         await self._wait_for(lambda: self.state not in (S.SETUP, S.PRECOPY) or self.src_completed)
         if self.state in (S.FAILED, S.CANCELLED):
@@ -638,7 +648,9 @@ class Migration:
             # The switch was refused: QEMU stays in pre-copy with the whole VM on the source.
             why = f"the switch to post-copy failed: {exc}"
             self.log.error("%s", why)
-            self.bus.publish(MigrationEvent("postcopy-requested", {"failed": str(exc)}))
+            self.bus.publish(
+                MigrationEvent("postcopy-requested", {"failed": str(exc), "requested_ts": time.time()})
+            )
             await self._abort_precopy(why)
 
     async def _sampler(self) -> None:

@@ -25,7 +25,8 @@ class Sample:
     def to_dict(self) -> dict[str, Any]:
         i = self.info
         return {"t": round(self.t, 4), "status": i.status, "remaining": i.remaining,
-                "transferred": i.transferred, "dirty_rate_bps": i.dirty_rate_Bps, "mbps": i.mbps}  # fmt: skip
+                "transferred": i.transferred, "dirty_rate_Bps": i.dirty_rate_Bps,
+                "throughput_Bps": round(i.mbps * 1e6 / 8)}  # fmt: skip
 
 
 class PolicyLoop:

@@ -322,5 +322,5 @@ def _tbf(ns: Any, ifname: str) -> dict[str, Any] | None:
     for q in ns.get_qdiscs(index=_index(ns, ifname)):
         if q.get_attr("TCA_KIND") == "tbf":
             parms = dict(q.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS"))
-            return {"rate_bps": parms["rate"], "limit_bytes": parms["limit"]}
+            return {"rate_Bps": parms["rate"], "limit_bytes": parms["limit"]}
     return None
