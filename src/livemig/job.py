@@ -38,7 +38,7 @@ from livemig.observe.heartbeat import HeartbeatReader, guest_view, write_beats
 from livemig.observe.netprobe import NetProbe, network_stats
 from livemig.policy import parse_policy
 from livemig.qemu.binary import find_qemu
-from livemig.qemu.instance import QemuInstance
+from livemig.qemu.instance import QemuInstance, spawn_owned
 from livemig.qemu.monitor import Monitor
 from livemig.registry import MigrationRecord, Registry, VMRecord, pid_alive, split_where
 from livemig.storage import DiskRef, check_disks, spec_disks
@@ -131,7 +131,7 @@ class MigrationJob:
         check_disks(_disks(rec), rec.instance.pid, self.to_host, Lab.current(reg.root))
         qemu = find_qemu()
         launch = adopted_launch(rec) if rec.adopted else None
-        dst_inst = await asyncio.to_thread(
+        dst_inst = await spawn_owned(
             QemuInstance.spawn, qemu, rec.spec, rec.instance.accel, reg.root, True, dst_netns, 10.0, launch
         )
         rec.migration = MigrationRecord(

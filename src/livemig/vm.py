@@ -12,7 +12,7 @@ from livemig.guest import find_image
 from livemig.lab import Lab
 from livemig.qemu.accel import resolve_accel
 from livemig.qemu.binary import find_qemu
-from livemig.qemu.instance import QemuInstance
+from livemig.qemu.instance import QemuInstance, spawn_owned
 from livemig.qemu.monitor import Monitor
 from livemig.registry import Registry, VMRecord
 from livemig.spec import VMSpec
@@ -60,7 +60,7 @@ async def astart_vm(
                 )
             old.instance.remove_files()
         netns = Lab.load(reg.root).host(host).netns if host is not None else None
-        inst = await asyncio.to_thread(QemuInstance.spawn, qemu, spec, accel, reg.root, False, netns)
+        inst = await spawn_owned(QemuInstance.spawn, qemu, spec, accel, reg.root, False, netns)
         rec = VMRecord(spec.name, spec, inst, host=host)
         reg.create(rec)
     if wait and spec.heartbeat:  # only livemig's guest image says when it is ready

@@ -53,7 +53,7 @@ def qemu_running(pid: int) -> bool:
     return "(qemu-system" in stat and stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def _live_qemu_pids(root: Path) -> list[int]:
+def live_qemu_pids(root: Path) -> list[int]:
     pids = []
     for pidfile in root.glob("qemu/*/qemu.pid"):
         with contextlib.suppress(OSError, ValueError):
@@ -125,7 +125,7 @@ def vms(runtime: Path, request: pytest.FixtureRequest) -> Iterator[VMFactory]:
     for name in factory.names:
         with contextlib.suppress(Exception):
             stop_vm(name, factory.registry)
-    leftovers = _live_qemu_pids(runtime)
+    leftovers = live_qemu_pids(runtime)
     for pid in leftovers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

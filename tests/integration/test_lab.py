@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from livemig.lab import Lab, Shaping
 from livemig.policy import parse_policy
 from livemig.sync import SyncMigration
 
-from .conftest import LAB_PREFIX, VMFactory, lab_namespaces
+from .conftest import LAB_PREFIX, VMFactory, lab_namespaces, live_qemu_pids, qemu_running
 from .test_cli import assert_one_line_error, livemig
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
@@ -114,3 +116,33 @@ def test_migration_crosses_the_shaped_link(lab_env: Path, vms: VMFactory) -> Non
 
 def _netns_id(name: str) -> str:
     return f"net:[{os.stat(f'/run/netns/{name}').st_ino}]"
+
+
+@pytest.mark.parametrize("qemus", [1, 2], ids=["booting", "migrating"])
+def test_a_bench_ended_by_sigterm_leaves_nothing(lab_env: Path, qemus: int) -> None:
+    """An operator or a CI job ends a bench by its PID: SIGTERM unwinds as ^C does, while a
+    guest boots (one QEMU) or while it migrates (the destination's QEMU up too): no QEMU,
+    namespace or VM record is left, and the exit says it was interrupted."""
+    env = {**os.environ, "LIVEMIG_RUNTIME_DIR": str(lab_env)}
+    argv = ["bench", "run", "idle", "--repeats", "1", "--out", str(lab_env / "out"), "--no-report"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "livemig", *argv], env=env, stderr=subprocess.PIPE, text=True
+    )
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 90
+        while len(live := live_qemu_pids(lab_env)) < qemus and proc.poll() is None:
+            assert time.monotonic() < deadline, "the bench never got there"
+            seen |= set(live)
+            time.sleep(0.05)
+        seen |= set(live)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "livemig: interrupted"
+    assert len(seen) >= qemus and not [p for p in seen if qemu_running(p)]
+    assert not lab_namespaces() and Lab.current(lab_env) is None
+    assert not list(lab_env.glob("vms/*.json")) and not live_qemu_pids(lab_env)

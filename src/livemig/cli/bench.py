@@ -11,6 +11,7 @@ import click
 
 from livemig.bench import SCENARIOS, cells_for, run_bench, write_report
 from livemig.bench.faults import FAULTS, run_faults, write_reliability
+from livemig.cli.context import terminate_unwinds
 from livemig.cli.render import err, out
 from livemig.errors import UsageError
 
@@ -45,7 +46,8 @@ def bench_run(scenarios: tuple[str, ...], repeats: int, out_dir: Path | None, re
     cells = cells_for(scenarios or tuple(SCENARIOS))
     out_dir = out_dir or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     err.print(f"bench: {len(cells)} cells x {repeats} repeats -> {out_dir}")
-    run_bench(cells, repeats, out_dir, say=err.print)
+    with terminate_unwinds():
+        run_bench(cells, repeats, out_dir, say=err.print)
     if report:
         md = write_report(out_dir, out_dir, "livemig " + shlex.join(sys.argv[1:]))
         out.print(f"report: {md}")
@@ -83,6 +85,7 @@ def bench_faults(trials: int, only: tuple[str, ...], out_dir: Path | None, doc: 
         raise UsageError(f"unknown fault cell {sorted(unknown)[0]!r} (e.g. {FAULTS[0].id})")
     out_dir = out_dir or Path("bench-results") / ("faults-" + time.strftime("%Y%m%d-%H%M%S"))
     err.print(f"faults-inject: {len(faults)} cells x {trials} trials -> {out_dir}")
-    results = run_faults(faults, trials, out_dir, say=err.print)
+    with terminate_unwinds():
+        results = run_faults(faults, trials, out_dir, say=err.print)
     md = write_reliability(results, doc or out_dir / "reliability.md", "livemig " + shlex.join(sys.argv[1:]))
     out.print(f"table: {md}")

@@ -12,6 +12,7 @@ import click
 
 from livemig.bench import SCENARIOS, run_bench, write_report
 from livemig.bench.report import load_results
+from livemig.cli.context import terminate_unwinds
 from livemig.cli.render import err, out, summary_table
 from livemig.core.report import MigrationReport
 from livemig.guest import build_image
@@ -39,7 +40,8 @@ def demo(repeats: int, out_dir: Path) -> None:
         f"[bold]livemig demo[/]: {c.workload} in a {c.memory_mib} MiB guest, migrated from lab host src "
         f"to dst over a {c.bandwidth} link, with: {', '.join(x.policy for x in cells)}"
     )
-    run_bench(cells, repeats, out_dir, say=err.print)
+    with terminate_unwinds():
+        run_bench(cells, repeats, out_dir, say=err.print)
     results = [r for r in load_results(out_dir) if "report" in r]
     reports = [MigrationReport(**r["report"]) for r in results]
     out.print(summary_table(reports, f"demo: {c.workload} in {c.memory_mib} MiB, lab link {c.bandwidth}"))

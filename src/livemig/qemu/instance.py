@@ -3,17 +3,19 @@ own 0700 directory under the runtime directory, ended only by its PID."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import secrets
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 from livemig.errors import QemuStartError
 from livemig.paths import ensure_private_dir
@@ -21,7 +23,7 @@ from livemig.qemu.argv import InstancePaths, build_argv, tap_name
 from livemig.qemu.binary import QemuBinary
 from livemig.spec import VMSpec
 
-__all__ = ["Launch", "QemuInstance", "proc_start_ticks", "spec_launch"]
+__all__ = ["Launch", "QemuInstance", "proc_start_ticks", "spawn_owned", "spec_launch"]
 
 # What to run for one instance: (its paths, its id) -> (argv, [(tap, bridge)], heartbeat?)
 Launch = Callable[[InstancePaths, str], tuple[list[str], list[tuple[str, str]], bool]]
@@ -36,6 +38,7 @@ def spec_launch(spec: VMSpec, qemu: Path, accel: str, incoming: bool) -> Launch:
 
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
 
 
 def proc_start_ticks(pid: int) -> int | None:
@@ -122,35 +125,38 @@ class QemuInstance:
         inst = cls(
             spec.name, iid, idir, pid, accel, incoming, netns, proc_start_ticks(pid), tuple(taps), _child=True
         )
-        deadline = time.monotonic() + timeout
+        try:
+            inst._until_started(spec.name, heartbeat, time.monotonic() + timeout, timeout)
+        except BaseException:  # a failed start, or ^C/SIGTERM meanwhile: no QEMU is left behind
+            inst.kill(remove=False)
+            shutil.rmtree(idir, ignore_errors=True)
+            raise
+        return inst
+
+    def _until_started(self, name: str, heartbeat: bool, deadline: float, timeout: float) -> None:
+        """Wait for the QEMU's sockets, then plug its taps into the lab bridge. Raises with
+        QEMU's last words; the caller kills it and removes its directory."""
+        paths = self.paths
         sockets = paths.sockets if heartbeat else (paths.qmp, paths.qmp_aux)
         while not all(p.exists() for p in sockets):
-            if not inst.alive():
-                msg = _tail(paths.log) or f"exit code {inst.returncode()}"
-                shutil.rmtree(idir, ignore_errors=True)
-                raise QemuStartError(
-                    spec.name, f"{spec.name}: QEMU exited at start: {msg.splitlines()[-1]}", msg
-                )
+            if not self.alive():
+                msg = _tail(paths.log) or f"exit code {self.returncode()}"
+                raise QemuStartError(name, f"{name}: QEMU exited at start: {msg.splitlines()[-1]}", msg)
             if time.monotonic() > deadline:
-                inst.kill()
-                raise QemuStartError(spec.name, f"{spec.name}: QEMU did not open its sockets in {timeout:g}s")
+                raise QemuStartError(name, f"{name}: QEMU did not open its sockets in {timeout:g}s")
             time.sleep(0.01)
         for sock in sockets:
             sock.chmod(0o600)
-        if taps:
+        if self.taps:
             from livemig.lab.bridge import attach_taps
 
             try:
-                attach_taps(netns, taps, inst.alive, deadline)
+                attach_taps(self.netns, list(self.taps), self.alive, deadline)
             except Exception as exc:
-                died = not inst.alive()
-                inst.kill(remove=False)
                 said = _tail(paths.log).splitlines()
-                shutil.rmtree(idir, ignore_errors=True)
-                if died and said:
-                    raise QemuStartError(spec.name, f"{spec.name}: QEMU exited at start: {said[-1]}") from exc
+                if not self.alive() and said:
+                    raise QemuStartError(name, f"{name}: QEMU exited at start: {said[-1]}") from exc
                 raise
-        return inst
 
     def _reap(self) -> None:
         """Reap the QEMU if this process spawned it (whichever object spawned it: records are
@@ -255,3 +261,32 @@ class QemuInstance:
             bool(d.get("incoming")), d.get("netns"), d.get("start_ticks"),
             tuple((str(t), str(b)) for t, b in d.get("taps") or ()),
         )  # fmt: skip
+
+
+async def spawn_owned(spawn: Callable[P, QemuInstance], *args: P.args, **kwargs: P.kwargs) -> QemuInstance:
+    """``spawn(...)`` (:meth:`QemuInstance.spawn`) in a worker thread. If the caller is
+    cancelled meanwhile (^C, SIGTERM), the QEMU that the thread goes on to start is ended:
+    nobody would record it."""
+    lock = threading.Lock()
+    abandoned = False
+    started: list[QemuInstance] = []
+
+    def run() -> QemuInstance:
+        inst = spawn(*args, **kwargs)
+        with lock:
+            if not abandoned:
+                started.append(inst)
+                return inst
+        log.info("ending %r: its start was abandoned", inst)
+        inst.kill()
+        return inst
+
+    try:
+        return await asyncio.to_thread(run)
+    except BaseException:
+        with lock:
+            abandoned = True
+            orphans = list(started)
+        for inst in orphans:  # started, but the caller never got it
+            inst.kill()
+        raise
