@@ -92,3 +92,16 @@ def test_migration_ms_is_qemus_own_clock() -> None:
               {"name": "completed", "qemu_ts": 12.5}]  # fmt: skip
     assert migration_ms(events) == 2500.0
     assert migration_ms(events[:2]) is None  # it did not complete
+
+
+def test_how_long_a_bench_takes() -> None:
+    """The estimate `bench list` prints, then what `bench run` says is left as it goes."""
+    from livemig.bench.runner import _left
+
+    idle, fast = cells_for(["policies-idle/precopy"])[0], cells_for(["policies-idle-1gbit/precopy"])[0]
+    lv = cells_for(["libvirt-idle/libvirt/precopy"])[0]
+    assert idle.estimate_s == pytest.approx(7 + 2 + 512 * 2**20 / 25e6)  # boot + warm-up + RAM at 200 mbit
+    assert fast.estimate_s < idle.estimate_s < lv.estimate_s  # a faster link; libvirt's daemons
+    assert _left([], [idle], 10) == "  (about 5 min left, estimated)"
+    assert _left([20.0, 40.0, 30.0], [idle], 10) == "  (about 5 min left)"  # the median so far
+    assert _left([20.0], [idle], 2) == ""  # under a minute: nothing to say

@@ -166,6 +166,7 @@ def run_bench(
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     total, k = len(cells) * repeats, 0
+    took: list[float] = []  # each run's wall time so far
     try:
         for r in range(1, repeats + 1):
             for cell in cells:
@@ -177,13 +178,15 @@ def run_bench(
                     lab.shape(shaping)
                 if lab.plan.wmem_max.get("src") != cell.wmem_max:
                     lab.set_wmem_max("src", cell.wmem_max)
-                say(f"[{k}/{total}] {cell.id} repeat {r} ...")
+                say(f"[{k}/{total}] {cell.id} repeat {r} ...{_left(took, cells, total - k + 1)}")
+                began = time.monotonic()
                 try:
                     result = run_once(cell, r, reg)
                 except LivemigError as exc:
                     log.warning("%s repeat %d: %s", cell.id, r, exc)
                     result = {"cell": cell.to_dict(), "dimensions": {"cell": cell.id, "repeat": r},
                               "error": str(exc), "metrics": [_metric("completed", 0, "bool")]}  # fmt: skip
+                took.append(time.monotonic() - began)
                 path = _result_path(out_dir, cell, r)
                 path.write_text(json.dumps(result, indent=1))
                 written.append(path)
@@ -195,6 +198,13 @@ def run_bench(
             lab.set_wmem_max("src", None)
             lab.shape(original)
     return written
+
+
+def _left(took: list[float], cells: list[Cell], runs: int) -> str:
+    """What is left, from the runs so far (their median), or the cells' estimate before any."""
+    per = statistics.median(took) if took else statistics.fmean(c.estimate_s for c in cells)
+    left = per * runs
+    return f"  (about {left / 60:.0f} min left{'' if took else ', estimated'})" if left >= 60 else ""
 
 
 def _result_path(out_dir: Path, cell: Cell, repeat: int) -> Path:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from livemig.errors import UsageError
+from livemig.units import parse_rate
 
 __all__ = ["SCENARIOS", "Cell", "cells_for"]
 
@@ -32,6 +33,17 @@ class Cell:
     # ("libvirt"), or libvirt alone ("virsh": virsh migrate --postcopy --postcopy-after-precopy)
     backend: str = "qemu"
     nic: bool = True  # on the lab's guest network (the client's probe); libvirt domains have none
+
+    @property
+    def estimate_s(self) -> float:
+        """About how long one run takes (pure): booting, warm-up and teardown (measured:
+        a median 6.6 s a run on livemig's own QEMUs, 10 s through libvirt, whose daemons
+        also define and start the destination), plus the guest's whole RAM at the link
+        rate: more than most runs send (zero pages cost nothing; the libvirt family took
+        21 min a repeat against 29 estimated), less than a pre-copy that does not converge
+        spends before its timeout."""
+        overhead = 7.0 if self.backend == "qemu" else 10.0
+        return overhead + self.warmup_s + self.memory_mib * 2**20 / parse_rate(self.bandwidth)
 
     @property
     def id(self) -> str:

@@ -25,12 +25,16 @@ def bench() -> None:
 
 @bench.command("list")
 def bench_list() -> None:
-    """List the scenarios and their cells."""
+    """List the scenarios and their cells, with about how long each takes (boot, warm-up
+    and the guest's RAM at the link rate; `bench run` then shows what is left, measured)."""
     for name, cells in SCENARIOS.items():
-        out.print(f"[bold]{name}[/]")
+        each = sum(c.estimate_s for c in cells)
+        n = f"{len(cells)} cell{'s' if len(cells) != 1 else ''}"
+        out.print(f"[bold]{name}[/]  ({n}, about {max(each / 60, 1):.0f} min a repeat)")
         for c in cells:
             out.print(
-                f"  {c.id:<36} {c.workload} in {c.memory_mib} MiB, {c.bandwidth}, tbf latency {c.latency}"
+                f"  {c.id:<36} ~{c.estimate_s:3.0f} s  {c.workload} in {c.memory_mib} MiB, {c.bandwidth}, "
+                f"tbf latency {c.latency}"
             )
 
 
