@@ -371,9 +371,12 @@ def plot_timeline(result: dict[str, Any], path: Path) -> Path | None:
         return ((e["qemu_ts"] or e["delivered_ts"]) - t0) if e else None
 
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 3.4))
-    xs = [s["t"] for s in rep["timeline"]]
-    ax.plot(xs, [s["remaining"] / 2**20 for s in rep["timeline"]], color="C0", label="remaining (MiB)")
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    # QEMU reports 0 remaining until it has measured (setup): the line starts at its first figure
+    tl = rep["timeline"]
+    first = next((i for i, s in enumerate(tl) if s["remaining"]), len(tl))
+    xs = [s["t"] for s in tl]
+    ax.plot(xs[first:], [s["remaining"] / 2**20 for s in tl[first:]], color="C0", label="remaining")
     end = t("completed") or t("cancelled") or t("failed") or (xs[-1] if xs else 0)
     stop, resumed, post = t("source-stopped"), t("destination-resumed"), t("postcopy-started")
     ax.axvspan(0, stop if stop is not None else end, color="C2", alpha=0.12, label="pre-copy")
@@ -385,15 +388,20 @@ def plot_timeline(result: dict[str, Any], path: Path) -> Path | None:
         x = st["start_ts"] - t0
         ax.axvspan(x, x + st["host_ms"] / 1000, ymax=0.08, color="k", label="guest stall" if i == 0 else None)
     g = rep.get("guest") or {}
+    done = rep["status"] == "completed"
     ax.set_title(
-        f"{result['cell']['id']} r{result['dimensions']['repeat']}: {rep['status']}, "
-        f"max stall {g.get('max_stall_ms')} ms, blackout {rep.get('blackout_ms')} ms",
-        fontsize=9,
-    )
-    ax.set_xlabel("seconds since migrate")
-    ax.legend(fontsize=7, loc="upper right")
+        f"{result['cell']['id']} r{result['dimensions']['repeat']}: "
+        + (f"completed, max stall {g.get('max_stall_ms')} ms, blackout {rep.get('blackout_ms')} ms" if done
+           else f"{rep['status'].upper()}: did not complete (its figures are not a result)"),
+        fontsize=11, color="black" if done else "C3",
+    )  # fmt: skip
+    ax.set_xlabel("seconds since migrate", fontsize=10)
+    ax.set_ylabel("MiB still to send", fontsize=10)
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
 
@@ -407,6 +415,16 @@ def _target_lines(summaries: list[Summary]) -> list[str]:
         met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
         lines.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {met} |")
     return [*lines, ""]
+
+
+def _switch_note(s: Summary) -> str:
+    """Where a policy that may switch did not (pre-copy converged first), the table says so."""
+    cell = s.runs[0]["cell"]
+    if cell["policy"].startswith("precopy") or cell.get("backend") == "virsh":
+        return ""
+    done = [r["report"] for r in s.runs if r.get("report", {}).get("status") == "completed"]
+    stayed = sum(1 for r in done if r.get("switched_at_pass") is None)
+    return f" (nothing switched in {stayed}/{len(done)})" if stayed else ""
 
 
 def write_report(results_dir: Path, out_dir: Path, command: str = "", all_timelines: bool = False) -> Path:
@@ -438,7 +456,9 @@ def write_report(results_dir: Path, out_dir: Path, command: str = "", all_timeli
                   "|---|---|---|" + "---|" * len(metrics)]  # fmt: skip
         for s in cells:
             row = [str(s.stat(m) or "-") for m in metrics]
-            lines.append(f"| {s.cell} | {len(s.runs)} | {s.completed} | " + " | ".join(row) + " |")
+            lines.append(
+                f"| {s.cell}{_switch_note(s)} | {len(s.runs)} | {s.completed} | " + " | ".join(row) + " |"
+            )
         lines.append("")
         if plot_scenario(summaries, scenario, img / f"{scenario}.png"):
             lines += [f"![{scenario}](img/{scenario}.png)", ""]

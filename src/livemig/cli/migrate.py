@@ -361,6 +361,7 @@ def events(ctx: click.Context, name: str | None, wait: bool) -> None:
     without NAME, every VM's (each line names its VM) until interrupted."""
     reg = registry_of(ctx)
     if name is None:
+        err.print(f"following every VM's migrations in {reg.root} (Ctrl-C ends) ...")
         _follow_all(reg)
         return
     path = _control_path(reg, name)
