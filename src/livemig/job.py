@@ -269,7 +269,7 @@ class MigrationJob:
             raw = await probe.stop()
             resumed = next((e["qemu_ts"] for e in report.events if e["name"] == "destination-resumed"), None)
             report.network = network_stats(raw, resumed) if raw else {"error": "the network probe failed"}
-        report.guest = guest_view(readers, t0)
+        report.guest = guest_view(readers, t0, report.last_event_ts)
         if self.heartbeat_log is not None:
             write_beats(self.heartbeat_log, [b for r in readers for b in r.beats], t0)
         if report.status != "completed" or not readers:

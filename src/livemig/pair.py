@@ -265,7 +265,7 @@ class PairMigration(MigrationHandle):
         return report
 
     def _finish(self, report: MigrationReport, readers: list[HeartbeatReader], t0: float) -> None:
-        report.guest = guest_view(readers, t0)
+        report.guest = guest_view(readers, t0, report.last_event_ts)
         if not readers:
             report.guest["note"] = "unknown: no --src-heartbeat/--dst-heartbeat given"
         rate = self.options.max_bandwidth

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from livemig.errors import LivemigError, QMPCommandError, UsageError
-from livemig.policy import Action, AutoParams, PassStat, Progress
+from livemig.policy import Action, AutoParams, PassStat, Policy, Progress
 from livemig.policy.auto import QEMU_DEFAULT_LIMIT_MS, decide_auto, initial_limit_ms
 from livemig.qemu.monitor import Monitor
 
-__all__ = ["Measurement", "Prediction", "measure_dirty_rate", "predict"]
+__all__ = ["Measurement", "Prediction", "measure_dirty_rate", "predict", "predict_policy"]
 
 MAX_PASSES: Final = 60
 POLICIES: Final = ("precopy", "postcopy-now", "postcopy-after:1", "postcopy-after:2", "auto")
@@ -134,6 +134,27 @@ def predict(
         auto,
     ]
     return out, reasons
+
+
+def predict_policy(
+    m: Measurement, policy: Policy, downtime_limit_ms: float = QEMU_DEFAULT_LIMIT_MS
+) -> Prediction | None:
+    """The prediction for one policy as given (``precopy:timeout=30``, ``postcopy-after:3``,
+    ``auto:max-pause=100ms``); None for ``manual`` (a caller decides). A pre-copy whose
+    predicted time exceeds its timeout is predicted cancelled."""
+    if policy.kind == "manual":
+        return None
+    if policy.kind == "auto":
+        return _auto(m, policy.auto or AutoParams())[0]
+    if policy.kind == "postcopy-now":
+        return _postcopy(m, 0, str(policy))
+    if policy.kind == "postcopy-after":
+        return _postcopy(m, policy.n, str(policy))
+    p = _precopy(m, downtime_limit_ms, str(policy))
+    if p.total_s is not None and p.total_s > policy.timeout_s:
+        return Prediction(p.policy, False, p.passes, None, None, None,
+                          f"would converge after {p.total_s:.0f} s, past its {policy.timeout_s:g} s timeout")  # fmt: skip
+    return p
 
 
 SAMPLE_PAGES: Final = 4096

@@ -164,7 +164,10 @@ class VMSpec:
     heartbeat: bool = True  # the guest runs livemig's image: heartbeat serial port, ready marker
     extra_args: tuple[str, ...] = ()
 
-    def validated(self) -> VMSpec:
+    def validated(self, boot: bool = True) -> VMSpec:
+        """This spec, checked field by field; ``boot=False`` leaves a kernel or initrd
+        that is not given unchecked (they may come from the guest image, looked up after the
+        rest is known good)."""
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise SpecError(
                 "name", f"{self.name!r} must be 1-40 characters of letters, digits, '.', '_', '-'"
@@ -189,6 +192,8 @@ class VMSpec:
         else:
             for key in ("kernel", "initrd"):
                 path = getattr(self, key)
+                if path is None and not boot:
+                    continue  # the guest image's, looked up next
                 if path is None:
                     raise SpecError(f"boot.{key}", "is required (or boot.firmware with a disk)")
                 if not Path(path).is_file():

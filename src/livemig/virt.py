@@ -254,7 +254,7 @@ class DomainMigration(MigrationHandle):
         backend: LibvirtBackend, facts: DomainFacts,
     ) -> None:  # fmt: skip
         t = self.target
-        report.guest = guest_view(readers, t0)
+        report.guest = guest_view(readers, t0, report.last_event_ts)
         if not readers:
             why = (
                 "no heartbeat port" if facts.heartbeat is None else "its heartbeat socket is on a remote host"

@@ -48,7 +48,7 @@ async def astart_vm(
     """Validate ``spec``, start its QEMU in the background and record it; with
     ``wait``, return once the guest has booted (a QEMU that fails is ended)."""
     reg = registry or Registry()
-    spec = fill_image(spec).validated()
+    spec = fill_image(spec.validated(boot=False)).validated()  # bad input first, then the image
     qemu = find_qemu()
     accel = await asyncio.to_thread(resolve_accel, spec.accel, qemu, spec)
     with reg.lock(spec.name):

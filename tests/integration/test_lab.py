@@ -146,3 +146,23 @@ def test_a_bench_ended_by_sigterm_leaves_nothing(lab_env: Path, qemus: int) -> N
     assert len(seen) >= qemus and not [p for p in seen if qemu_running(p)]
     assert not lab_namespaces() and Lab.current(lab_env) is None
     assert not list(lab_env.glob("vms/*.json")) and not live_qemu_pids(lab_env)
+
+
+def test_a_bench_run_records_plans_prediction_beside_the_measurement(lab_env: Path) -> None:
+    """A policies cell measures the guest's dirty rate during its warm-up (QEMU's
+    calc-dirty-rate), records `livemig plan`'s prediction for its policy, and the run's
+    error against it."""
+    out = lab_env / "out"
+    r = livemig("bench", "run", "policies-converge-1gbit/precopy", "--repeats", "1", "--out", str(out),
+                "--no-report", runtime=lab_env, timeout=240)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (path,) = out.glob("*.json")
+    result = json.loads(path.read_text())
+    assert result["report"]["status"] == "completed", result["report"]["error"]
+    plan = result["plan"]
+    assert plan["measured"]["ram_bytes"] == 512 << 20  # QEMU's figure for the cell's guest
+    assert 2 << 20 < plan["measured"]["dirty_Bps"] < 10 << 20  # the guest writes 5 MiB/s
+    assert plan["prediction"]["policy"] == "precopy:timeout=60" and plan["prediction"]["converges"]
+    metrics = {m["name"]: m["value"] for m in result["metrics"]}
+    predicted, measured = plan["prediction"]["total_s"] * 1000, result["report"]["total_time_ms"]
+    assert metrics["plan_total_error"] == pytest.approx(abs(predicted - measured) / measured, abs=1e-3)

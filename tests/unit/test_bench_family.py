@@ -105,3 +105,22 @@ def test_how_long_a_bench_takes() -> None:
     assert _left([], [idle], 10) == "  (about 5 min left, estimated)"
     assert _left([20.0, 40.0, 30.0], [idle], 10) == "  (about 5 min left)"  # the median so far
     assert _left([20.0], [idle], 2) == ""  # under a minute: nothing to say
+
+
+def test_plans_error_is_the_median_over_completed_runs() -> None:
+    from livemig.bench.report import plan_targets
+
+    def with_error(cell: str, completed: bool, err: float) -> dict[str, Any]:
+        r = run(cell, completed, 100, 1000)
+        r["metrics"].append(
+            {"name": "plan_total_error", "value": err if completed else None, "unit": "ratio"}
+        )
+        return r
+
+    s = "policies-dirtier"
+    results = [with_error(f"{s}/precopy:timeout=60", True, e) for e in (0.1, 0.2, 0.6)]
+    results.append(with_error(f"{s}/auto", False, 0.9))  # did not complete: not a result
+    got = {t["goal"]: t for t in plan_targets(summarize(results))}
+    total = got["median error of the predicted total time <= 30%"]
+    assert total["met"] is True and total["measured"].startswith("20% over 3 runs")
+    assert "median error of the predicted pause <= 30%" not in got  # no run recorded one

@@ -2,7 +2,9 @@ import itertools
 import json
 from pathlib import Path
 
-from livemig.observe.heartbeat import Beat, guest_stats, parse_line, read_beats
+import pytest
+
+from livemig.observe.heartbeat import Beat, brownout, guest_stats, parse_line, read_beats
 
 
 def stream(spec: list[tuple[int, float, float]], side: str = "src") -> list[Beat]:
@@ -14,7 +16,9 @@ def test_parse_line() -> None:
     assert parse_line("12 3456\n", 1.0) == Beat(12, 3456, 1.0, "")
     assert parse_line("# verify ok pages=3", 1.0) == "verify ok pages=3"
     assert parse_line("garbage", 1.0) is None
-    assert parse_line("1 2 3", 1.0) is None
+    assert parse_line("1 2 3", 1.0) == Beat(1, 2, 1.0, "", 3)  # with the workload's progress counter
+    assert parse_line("1 2 3 4", 1.0) is None
+    assert parse_line("1 2 x", 1.0) is None
 
 
 def test_steady_stream_has_no_stall() -> None:
@@ -91,3 +95,36 @@ def test_recorded_stream_reproduces_the_live_figures() -> None:
     s10 = guest_stats(beats, start_ts=start, threshold_ms=10.0)
     assert s10.stalls_over_100ms >= s.stalls_over_100ms and all(st.ms > 10 for st in s10.stalls)
     assert round(max(st.ms for st in s10.stalls), 3) == s.max_stall_ms
+
+
+def _working(phases: list[tuple[float, float]], start: float = 0.0) -> list[Beat]:
+    """Beats every 5 ms; each phase is (seconds, work per second), a negative rate being a
+    stall: no beats at all."""
+    beats, t, work, seq = [], start, 0.0, 0
+    for secs, rate in phases:
+        end = t + secs
+        while t < end - 1e-9:
+            t += 0.005
+            if rate >= 0:
+                work += rate * 0.005
+                beats.append(Beat(seq, int(t * 1e9), t, "src", int(work)))
+            seq += 1
+    return beats
+
+
+def test_brownout_is_the_slowdown_beside_the_stall() -> None:
+    # 10 s at 1000 units/s, then the migration (t = 10 to 17): 3 s as before, 2 s at a
+    # fifth, a 1 s stall (no beats), 1 s as before
+    beats = _working([(10, 1000), (3, 1000), (2, 200), (1, -1), (1, 1000)])
+    b = brownout(beats, start_ts=10.0, end_ts=17.0)
+    assert b is not None
+    assert b["per_s_before"] == pytest.approx(1000, rel=0.01)
+    assert b["share_during"] == pytest.approx((3000 + 400 + 1000) / 7000, abs=0.01)
+    assert b["under_half_s"] == pytest.approx(3.0, abs=0.01)  # the slow 2 s and the stalled one
+
+
+def test_no_brownout_without_work_or_history() -> None:
+    assert brownout(_working([(10, 0), (5, 0)]), 10.0, 15.0) is None  # idle: counts nothing
+    assert brownout(_working([(0.004, 1000), (5, 1000)]), 0.004, 5.0) is None  # no beats before the start
+    old = [Beat(i, i * 5_000_000, i * 0.005, "src") for i in range(4000)]  # a guest without the counter
+    assert brownout(old, 10.0, 20.0) is None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from livemig.errors import UsageError
-from livemig.plan import POLICIES, Measurement, predict
+from livemig.plan import POLICIES, Measurement, predict, predict_policy
+from livemig.policy import parse_policy
 
 MiB = 1 << 20
 
@@ -45,3 +46,33 @@ def test_an_idle_guest_finishes_in_about_one_pass() -> None:
 def test_a_link_must_have_a_rate() -> None:
     with pytest.raises(UsageError):
         predict(Measurement(256 * MiB, 1.0, 0.0, "test"))
+
+
+def test_one_policy_as_given() -> None:
+    """What a bench run records beside its measurement: the cell's own policy, options
+    included (a pre-copy past its timeout is predicted cancelled; manual is not predicted)."""
+    slow = Measurement(512 * MiB, 8 * MiB, 25 * MiB, "test")
+    assert predict_policy(slow, parse_policy("precopy")) == by_policy(slow)["precopy"]
+    late = predict_policy(slow, parse_policy("precopy:timeout=5"))
+    assert late is not None and not late.converges and "past its 5 s timeout" in late.note
+    three = predict_policy(slow, parse_policy("postcopy-after:3"))
+    assert three is not None and three.passes == 3 and three.policy == "postcopy-after:3"
+    assert predict_policy(slow, parse_policy("manual")) is None
+    auto = predict_policy(slow, parse_policy("auto:max-pause=20ms"))
+    assert auto is not None and auto.pause_ms is not None and auto.pause_ms <= 20
+
+
+def test_a_runs_error_against_plan() -> None:
+    from livemig.bench.runner import plan_errors
+    from livemig.core.report import MigrationReport
+
+    def rep(status: str) -> MigrationReport:
+        return MigrationReport(
+            "vm", status, "precopy", "10.0.2", "tcg", False, total_time_ms=8000.0, blackout_ms=200.0
+        )
+
+    plan = {"prediction": {"total_s": 10.0, "pause_ms": 300.0}}
+    got = {m["name"]: m["value"] for m in plan_errors(plan, rep("completed"))}
+    assert got == {"plan_total_error": 0.25, "plan_pause_error": 0.5}  # |10 - 8| / 8, |300 - 200| / 200
+    assert {m["value"] for m in plan_errors(plan, rep("cancelled"))} == {None}  # not a result
+    assert {m["value"] for m in plan_errors(None, rep("completed"))} == {None}  # no prediction recorded

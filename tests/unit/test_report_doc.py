@@ -18,7 +18,7 @@ OPAQUE = {"parameters", "evidence", "link", "events[].data", "guest.faultprobe",
 
 CONTAINERS = {"events[]", "events[].data", "decisions[]", "timeline[]", "tunings[]", "recovery", "evidence",
               "link", "parameters", "guest.stalls[]", "guest.faultprobe", "guest.sides", "network", "backend",
-              "backend.lifecycle[]", "backend.handshakes_ms", "hosts", "options"}  # fmt: skip
+              "backend.lifecycle[]", "backend.handshakes_ms", "hosts", "options", "guest.brownout"}  # fmt: skip
 
 
 def documented() -> set[str]:

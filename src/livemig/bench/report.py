@@ -26,7 +26,8 @@ KEY_METRICS: dict[str, tuple[str, ...]] = {
     "events": ("event_latency_median_ms", "event_latency_max_ms", "poll_latency_mean_ms"),
 }
 FAMILY_METRICS: tuple[str, ...] = (
-    "max_stall_ms", "stalls_over_100ms", "blackout_ms", "total_time_ms", "bytes_transferred", "switched_at_pass",
+    "max_stall_ms", "stalls_over_100ms", "progress_share", "under_half_s", "blackout_ms", "total_time_ms",
+    "bytes_transferred", "switched_at_pass",
 )  # fmt: skip
 
 
@@ -198,6 +199,21 @@ def auto_targets(summaries: list[Summary]) -> list[dict[str, Any]]:
         out.append(
             _target("policies-stream", "auto max_stall_ms <= 500 ms", f"{st.median:.0f} ms", st.median <= 500)
         )
+    return out + plan_targets(summaries)
+
+
+def plan_targets(summaries: list[Summary]) -> list[dict[str, Any]]:
+    """``livemig plan``'s error over every run that recorded a prediction (completed runs):
+    the median of |predicted - measured| / measured, for total time and for the pause
+    (pre-copy's predicted stop-and-copy against the blackout)."""
+    out = []
+    for metric, what in (("plan_total_error", "total time"), ("plan_pause_error", "pause")):
+        errs = sorted(v for s in summaries for v in s.values(metric, True))
+        if errs:
+            med = statistics.median(errs)
+            out.append(_target("plan", f"median error of the predicted {what} <= 30%",
+                               f"{med:.0%} over {len(errs)} runs (p90 {errs[int(0.9 * (len(errs) - 1))]:.0%})",
+                               med <= 0.3))  # fmt: skip
     return out
 
 

@@ -12,6 +12,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from livemig.job import MigrationJob
 from livemig.lab import Lab, Shaping
 from livemig.lab.plan import guest_ip
 from livemig.observe.poller import StatusPoller, poll_latencies
+from livemig.plan import Measurement, measure_dirty_rate, predict_policy
 from livemig.policy import parse_policy
 from livemig.registry import Registry
 from livemig.spec import Nic, VMSpec
@@ -53,6 +55,8 @@ def metrics_of(report: MigrationReport, poll_ms: dict[str, float] | None = None)
         _metric("qemu_downtime_ms", report.downtime_ms, "ms"),
         _metric("max_stall_ms", g.get("max_stall_ms"), "ms"),
         _metric("stalls_over_100ms", g.get("stalls_over_100ms"), "count"),
+        _metric("progress_share", (g.get("brownout") or {}).get("share_during"), "ratio"),
+        _metric("under_half_s", (g.get("brownout") or {}).get("under_half_s"), "s"),
         _metric("heartbeats_lost", g.get("lost"), "count"),
         _metric("bytes_transferred", report.bytes_transferred, "bytes"),
         _metric("postcopy_requests", report.postcopy_requests, "count"),
@@ -73,6 +77,29 @@ def metrics_of(report: MigrationReport, poll_ms: dict[str, float] | None = None)
     if poll_ms:
         out.append(_metric("poll_latency_mean_ms", round(statistics.fmean(poll_ms.values()), 3), "ms"))
     return out
+
+
+def plan_errors(plan: dict[str, Any] | None, report: MigrationReport) -> list[dict[str, Any]]:
+    """How far ``livemig plan``'s prediction was from this run, as a share of the measured
+    figure: total time, and the pause (pre-copy's stop-and-copy against the blackout)
+    where it predicted one. None where either side is missing or the run did not complete."""
+    p = (plan or {}).get("prediction") or {}
+    done = report.status == "completed"
+
+    def err(predicted: float | None, measured: float | None) -> float | None:
+        if not done or predicted is None or not measured:
+            return None
+        return round(abs(predicted - measured) / measured, 3)
+
+    total = p.get("total_s")
+    return [
+        _metric(
+            "plan_total_error",
+            err(total * 1000 if total is not None else None, report.total_time_ms),
+            "ratio",
+        ),
+        _metric("plan_pause_error", err(p.get("pause_ms"), report.blackout_ms), "ratio"),
+    ]
 
 
 def libvirt_handshake_ms(backend: dict[str, Any] | None) -> float | None:
@@ -109,32 +136,49 @@ async def _migrate(
     return report, {"period_ms": poller.period_s * 1000, "polls": poller.polls, "latency_ms": lat}
 
 
-def _migrate_own(cell: Cell, reg: Registry, name: str) -> tuple[MigrationReport, dict[str, Any] | None]:
+def _predict(cell: Cell, reg: Registry, name: str) -> dict[str, Any]:
+    """``livemig plan`` for this run, measured during its warm-up: the guest's dirty rate
+    over the warm-up, the cell's link rate, the cell's policy."""
+    qmp = reg.load(name).instance.paths.qmp_aux
+    ram, dirty = asyncio.run(measure_dirty_rate(name, qmp, max(1, round(cell.warmup_s))))
+    m = Measurement(ram, dirty, float(parse_rate(cell.bandwidth)), f"cell link {cell.bandwidth}")
+    p = predict_policy(m, parse_policy(cell.policy))
+    return {"measured": asdict(m), "prediction": p.to_dict() if p else None}
+
+
+def _migrate_own(
+    cell: Cell, reg: Registry, name: str
+) -> tuple[MigrationReport, dict[str, Any] | None, dict[str, Any] | None]:
     """A VM livemig starts itself; on the lab's guest network (the report's `network` says
     what a client of the VM saw) unless the cell says not."""
     nics = (Nic("bridge:lmbr0", ip=guest_ip(0)),) if cell.nic else ()
     spec = VMSpec(name, memory_mib=cell.memory_mib, workload=parse_workload(cell.workload), nics=nics)
     opts = MigrationOptions(policy=parse_policy(cell.policy), preempt=cell.preempt)
     start_vm(spec, reg, host="src")
+    plan = None
     try:
-        time.sleep(cell.warmup_s)
+        if cell.predict:
+            plan = _predict(cell, reg, name)  # takes the warm-up's time
+        else:
+            time.sleep(cell.warmup_s)
         report, poll = asyncio.run(_migrate(name, opts, reg, cell.poll))
     finally:
         with contextlib.suppress(LivemigError):
             stop_vm(name, reg)
-    return report, poll
+    return report, poll, plan
 
 
 def run_once(cell: Cell, repeat: int, reg: Registry, name: str = "bench") -> dict[str, Any]:
     """One run of ``cell`` on the lab that is up: start, warm up, migrate, stop."""
     t0 = time.time()
     poll: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None
     if cell.backend in ("libvirt", "virsh"):
         from livemig.bench.libvirt import migrate_on_libvirt  # libvirt-python: the `libvirt` extra
 
         report = migrate_on_libvirt(cell, reg, name)
     else:
-        report, poll = _migrate_own(cell, reg, name)
+        report, poll, plan = _migrate_own(cell, reg, name)
     dims = {
         "scenario": cell.scenario, "cell": cell.id, "policy": cell.policy, "qemu_version": report.qemu_version,
         "accel": report.accel, "bandwidth": cell.bandwidth, "latency": cell.latency,
@@ -144,8 +188,9 @@ def run_once(cell: Cell, repeat: int, reg: Registry, name: str = "bench") -> dic
         "cell": cell.to_dict(),
         "dimensions": dims,
         "started": t0,
-        "metrics": metrics_of(report, poll["latency_ms"] if poll else None),
+        "metrics": metrics_of(report, poll["latency_ms"] if poll else None) + plan_errors(plan, report),
         "poll": poll,
+        "plan": plan,
         "report": report.to_dict(),
     }
 

@@ -33,6 +33,9 @@ class Cell:
     # ("libvirt"), or libvirt alone ("virsh": virsh migrate --postcopy --postcopy-after-precopy)
     backend: str = "qemu"
     nic: bool = True  # on the lab's guest network (the client's probe); libvirt domains have none
+    # measure the dirty rate during the warm-up (calc-dirty-rate: read-only) and record
+    # `livemig plan`'s prediction beside the run, so the report gives plan's error
+    predict: bool = False
 
     @property
     def estimate_s(self) -> float:
@@ -99,7 +102,9 @@ def _family() -> dict[str, list[Cell]]:
     for name, (workload, mib) in FAMILY_WORKLOADS.items():
         for link in FAMILY_LINKS:
             scenario = f"policies-{name}" + ("" if link == LINK else f"-{link}")
-            out[scenario] = _policies(scenario, FAMILY_POLICIES, workload, memory_mib=mib, bandwidth=link)
+            out[scenario] = _policies(
+                scenario, FAMILY_POLICIES, workload, memory_mib=mib, bandwidth=link, predict=True
+            )
     return out
 
 

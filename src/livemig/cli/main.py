@@ -23,10 +23,10 @@ from livemig.cli.migrate import (
     migrate,
     migrate_setmaxdowntime,
     migrate_setspeed,
-    plan,
     postcopy,
     recover,
 )
+from livemig.cli.plan import plan
 from livemig.cli.render import Verbosity, err, out
 from livemig.cli.virt import domain_list, domain_start, domain_stop
 from livemig.errors import UsageError
@@ -125,9 +125,9 @@ def vm() -> None:
 @click.option(
     "--workload",
     default=None,
-    help="idle | dirty:mib=M,rate=R,pattern=seq|random | stream:fps=F,kib=K,ring=B | "
-    "verify:mib=M,seed=S | faultprobe:mib=M,pages=N. A bare rate R is MiB/s (the guest's unit); "
-    "20M, 8MiB/s or 160mbit work too.",
+    help="idle | dirty:mib=M,rate=R,pattern=seq|random[,then=R2,at=S] | stream:fps=F,kib=K,ring=B | "
+    "verify:mib=M,seed=S | faultprobe:mib=M,pages=N | scan:mib=M,rate=R. A bare rate R is MiB/s "
+    "(the guest's unit); 20M, 8MiB/s or 160mbit work too.",
 )
 @click.option("--accel", default=None, type=click.Choice(["auto", "tcg", "kvm"]), help="[default: auto]")
 @click.option("--kernel", type=click.Path(path_type=Path), help="Kernel (default: the guest image's).")

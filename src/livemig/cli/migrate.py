@@ -17,23 +17,21 @@ import click
 
 from livemig.cli.context import connect_of, registry_of
 from livemig.cli.progress import show_progress
-from livemig.cli.render import err, out, plan_table, print_event, summary_table
-from livemig.cli.virt import domain_dirty_rate, run_domain
+from livemig.cli.render import err, out, print_event, summary_table
+from livemig.cli.virt import run_domain
 from livemig.control import request, stream
 from livemig.core.options import MigrationOptions
 from livemig.core.report import MigrationReport
 from livemig.errors import LivemigError, MigrationFailed, NotMigrating, UsageError
 from livemig.job import MigrationJob
-from livemig.lab import Lab
 from livemig.pair import PairMigration, QemuPair
-from livemig.plan import Measurement, measure_dirty_rate, predict
 from livemig.policy import parse_policy
 from livemig.registry import Registry
 from livemig.units import parse_rate
 
 __all__ = [
     "cancel", "events", "jobinfo", "migrate", "migrate_setmaxdowntime", "migrate_setspeed", "migration_options",
-    "plan", "postcopy", "recover", "run_migration",
+    "postcopy", "recover", "run_migration",
 ]  # fmt: skip
 
 
@@ -404,58 +402,6 @@ def _follow_all(reg: Registry, scan_s: float = 0.2) -> None:
                     followed.add(key)
                     threading.Thread(target=follow, args=(vm, path), daemon=True).start()
         time.sleep(scan_s)
-
-
-@click.command()
-@click.argument("name")
-@click.option("--to", "to_host", default=None, help="Destination lab host (its link's rate is used).")
-@click.option("--bandwidth", help="The link's rate, when not a lab host's (bytes/s: 25M, or 200mbit).")
-@click.option("--seconds", default=2, show_default=True, type=click.IntRange(1, 60),
-              help="How long QEMU samples the guest's dirty pages.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-@click.pass_context
-def plan(
-    ctx: click.Context, name: str, to_host: str | None, bandwidth: str | None, seconds: int, as_json: bool
-) -> None:
-    """Predict, per policy, what migrating NAME would cost, and what auto would do and why.
-
-    A dry run: QEMU samples the guest's dirty pages (read-only); nothing else changes."""
-    reg = registry_of(ctx)
-    conn = connect_of(ctx)
-    if conn is None:
-        rec = reg.load(name)
-        if not rec.instance.alive():
-            raise UsageError(f"{name} is not running")
-        if rec.migration is not None and rec.migration.unfinished:
-            raise UsageError(f"{name} is already migrating ({rec.migration.state}): nothing to plan")
-    if to_host is not None:
-        lab = Lab.current(reg.root)
-        hosts = [h.name for h in lab.plan.hosts] if lab else []
-        if to_host not in hosts:
-            raise UsageError(
-                f"--to {to_host}: no such lab host (hosts: {', '.join(hosts) or 'no lab is up'})"
-            )
-        assert lab is not None
-        link, source = float(lab.plan.shaping.rate_bps), f"lab link {lab.plan.shaping}"
-    elif bandwidth:
-        link, source = float(parse_rate(bandwidth, "--bandwidth")), f"--bandwidth {bandwidth}"
-    else:
-        link, source = float(128 << 20), "QEMU's default max-bandwidth (give --to or --bandwidth)"
-    if conn is not None:  # a libvirt domain: libvirt asks its QEMU, the same way
-        ram, dirty = domain_dirty_rate(conn, name, seconds, reg.root)
-    else:
-        ram, dirty = asyncio.run(measure_dirty_rate(name, rec.instance.paths.qmp_aux, seconds))
-    m = Measurement(ram, dirty, link, source)
-    predictions, reasons = predict(m)
-    if as_json:
-        click.echo(json.dumps({"vm": name, "measured": dataclasses.asdict(m),
-                               "predictions": [p.to_dict() for p in predictions], "auto": reasons}, indent=2))  # fmt: skip
-        return
-    out.print(f"{name}: {ram / 2**20:.0f} MiB, dirty {dirty / 2**20:.1f} MiB/s (QEMU, {seconds} s sample); "
-              f"link {link / 2**20:.1f} MiB/s ({source})")  # fmt: skip
-    out.print(plan_table(predictions))
-    for line in reasons:
-        out.print(f"  auto, {line}")
 
 
 def _jobinfo_lines(info: dict[str, Any]) -> list[str]:

@@ -35,7 +35,7 @@ def domain_start(uri: str, spec: VMSpec, root: Path, wait: bool = True) -> str:
     from livemig.vm import fill_image
 
     virt = _virt()
-    spec = fill_image(spec).validated()
+    spec = fill_image(spec.validated(boot=False)).validated()  # bad input first, then the image
     accel = resolve_accel(spec.accel, find_qemu(), spec)
     full = virt.resolve_uri(uri, root)
     asyncio.run(virt.start_domain(full, spec, root, accel, wait))

@@ -84,6 +84,11 @@ class MigrationReport:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
+    @property
+    def last_event_ts(self) -> float | None:
+        """When the last event (the end, for a finished migration) was delivered."""
+        return max((float(e["delivered_ts"]) for e in self.events), default=None)
+
     def event_latency_ms(self, name: str) -> float | None:
         for ev in self.events:
             if ev["name"] == name:

@@ -17,7 +17,8 @@ __all__ = ["MODES", "Workload", "parse_workload"]
 # mode -> {key: (min, max)} for numeric keys; "pattern" is the one string key.
 _NUM: Final[dict[str, dict[str, tuple[int, int]]]] = {
     "idle": {"hb": (1, 1000)},
-    "dirty": {"mib": (1, 65536), "rate": (0, 100000), "hb": (1, 1000)},
+    # then/at: the rate becomes `then` MiB/s `at` seconds after the workload is ready
+    "dirty": {"mib": (1, 65536), "rate": (0, 100000), "then": (0, 100000), "at": (0, 86400), "hb": (1, 1000)},
     "stream": {
         "fps": (1, 1000),
         "kib": (4, 65536),
@@ -32,8 +33,11 @@ _NUM: Final[dict[str, dict[str, tuple[int, int]]]] = {
         "delay": (0, 60000),
         "hb": (1, 1000),
     },
+    # a read-mostly working set: reads all of `mib` over and over, writes `rate` MiB/s of it
+    "scan": {"mib": (1, 65536), "rate": (0, 100000), "hb": (1, 1000)},
 }
 MODES: Final = tuple(_NUM)
+_RATES: Final = ("rate", "then")  # rates take the convention (a bare number is MiB/s)
 _PATTERNS: Final = ("seq", "random")
 
 
@@ -60,7 +64,7 @@ class Workload:
         """Guest memory the workload allocates (MiB), to check it fits the VM."""
         if self.mode == "stream":
             return self.get("ring", 128)
-        if self.mode in ("dirty", "verify", "faultprobe"):
+        if self.mode in ("dirty", "verify", "faultprobe", "scan"):
             return self.get("mib", 64)
         return 0
 
@@ -72,20 +76,20 @@ def _whole(field_name: str, key: str, value: str) -> int:
         raise SpecError(field_name, f"{key}={value!r} is not a whole number") from None
 
 
-def _rate_mib(field_name: str, value: str) -> int:
+def _rate_mib(field_name: str, key: str, value: str) -> int:
     """A workload's write rate in whole MiB/s: a bare number is MiB/s (the guest's unit);
     livemig's rate convention is accepted too (``20M``, ``8MiB/s``, ``160mbit``)."""
     if value.isdigit():
         return int(value)
     try:
-        rate = parse_rate(value, "rate")
+        rate = parse_rate(value, key)
     except UsageError as exc:
         raise SpecError(
-            field_name, f"rate={value!r}: a bare number is MiB/s; or 20M, 8MiB/s, 160mbit"
+            field_name, f"{key}={value!r}: a bare number is MiB/s; or 20M, 8MiB/s, 160mbit"
         ) from exc
     mib = round(rate / (1 << 20))
     if mib < 1:
-        raise SpecError(field_name, f"rate={value!r} is under 1 MiB/s, the workload's step")
+        raise SpecError(field_name, f"{key}={value!r} is under 1 MiB/s, the workload's step")
     return mib
 
 
@@ -113,7 +117,7 @@ def parse_workload(text: str, field_name: str = "workload") -> Workload:
         if bounds is None:
             allowed = sorted([*_NUM[mode], *(["pattern"] if mode == "dirty" else [])])
             raise SpecError(field_name, f"{mode} takes no {key!r} (it takes {', '.join(allowed)})")
-        number = _rate_mib(field_name, value) if key == "rate" else _whole(field_name, key, value)
+        number = _rate_mib(field_name, key, value) if key in _RATES else _whole(field_name, key, value)
         lo, hi = bounds
         if not lo <= number <= hi:
             raise SpecError(field_name, f"{key}={number} is out of range [{lo}, {hi}]")

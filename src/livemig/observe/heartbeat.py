@@ -1,5 +1,7 @@
-"""Heartbeats: the guest writes ``SEQ MONOTONIC_NS`` lines on its heartbeat serial
-port; livemig reads them on the source and the destination.
+"""Heartbeats: the guest writes ``SEQ MONOTONIC_NS WORK`` lines on its heartbeat serial
+port; livemig reads them on the source and the destination. ``WORK`` counts the
+workload's own progress (its unit: pages written, frames rendered, pages read), so a
+slowdown shows as well as a stall (:func:`brownout`).
 
 A stall between two consecutive beats is the **larger of the host's gap and the
 guest's gap**. Neither alone is right: while a VM is stopped its clock stops too, so
@@ -22,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "Beat", "GuestStats", "HeartbeatReader", "guest_stats", "guest_view", "parse_line", "read_beats", "write_beats",
+    "Beat", "GuestStats", "HeartbeatReader", "brownout", "guest_stats", "guest_view", "parse_line", "read_beats",
+    "write_beats",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ class Beat:
     guest_ns: int
     host_ts: float  # time.time() when livemig received the line
     side: str = ""
+    work: int | None = None  # the workload's progress counter (None: a guest that sends none)
 
 
 def parse_line(line: str, host_ts: float, side: str = "") -> Beat | str | None:
@@ -44,9 +48,9 @@ def parse_line(line: str, host_ts: float, side: str = "") -> Beat | str | None:
     if line.startswith("#"):
         return line[1:].strip()
     parts = line.split()
-    if len(parts) != 2 or not (parts[0].isdigit() and parts[1].isdigit()):
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
         return None
-    return Beat(int(parts[0]), int(parts[1]), host_ts, side)
+    return Beat(int(parts[0]), int(parts[1]), host_ts, side, int(parts[2]) if len(parts) == 3 else None)
 
 
 @dataclass(frozen=True)
@@ -136,12 +140,63 @@ def guest_stats(
     )
 
 
-def guest_view(readers: list[HeartbeatReader], start_ts: float) -> dict[str, Any]:
+def _first_receipts(beats: Iterable[Beat]) -> list[Beat]:
+    """Each sequence number once (its first receipt, on either side), in order."""
+    first: dict[int, Beat] = {}
+    for b in beats:
+        if b.seq not in first or b.host_ts < first[b.seq].host_ts:
+            first[b.seq] = b
+    return [first[s] for s in sorted(first)]
+
+
+def brownout(
+    beats: Iterable[Beat], start_ts: float, end_ts: float, before_s: float = 10.0, bucket_s: float = 1.0
+) -> dict[str, Any] | None:
+    """How much the guest slowed down, besides stalling (pure): its progress rate (the
+    heartbeat's WORK per host second) over the ``before_s`` before ``start_ts``, the rate
+    from ``start_ts`` to ``end_ts`` as a share of it, and how long (in ``bucket_s``
+    steps, host time) it made less than half its rate before. None when the guest counts
+    no work (idle) or too few beats came before the start."""
+    ordered = [b for b in _first_receipts(beats) if b.work is not None]
+    before = [b for b in ordered if start_ts - before_s <= b.host_ts < start_ts]
+    during = [b for b in ordered if start_ts <= b.host_ts <= end_ts]
+    if len(before) < 2 or not during or end_ts <= start_ts:
+        return None
+    span = before[-1].host_ts - before[0].host_ts
+    rate = ((before[-1].work or 0) - (before[0].work or 0)) / span if span > 0 else 0.0
+    if rate <= 0:
+        return None
+
+    def work_at(t: float) -> int:  # the counter as the host had seen it at time t
+        seen = [b.work or 0 for b in (before[-1], *during) if b.host_ts <= t]
+        return seen[-1]
+
+    under, t = 0.0, start_ts
+    while t < end_ts:
+        step = min(bucket_s, end_ts - t)
+        if work_at(t + step) - work_at(t) < 0.5 * rate * step:
+            under += step
+        t += step
+    done = work_at(end_ts) - (before[-1].work or 0)
+    return {
+        "per_s_before": round(rate, 1),
+        "share_during": round(done / ((end_ts - before[-1].host_ts) * rate), 3),
+        "under_half_s": round(under, 3),
+    }
+
+
+def guest_view(
+    readers: list[HeartbeatReader], start_ts: float, end_ts: float | None = None
+) -> dict[str, Any]:
     """The report's ``guest``: the stall arithmetic over every reader's beats since
-    ``start_ts``, or ``{"heartbeat": None}`` when the guest writes none."""
+    ``start_ts``, the brownout until ``end_ts`` (the migration's end; default: the last
+    beat), or ``{"heartbeat": None}`` when the guest writes none."""
     if not readers:
         return {"heartbeat": None}
-    out = guest_stats([b for r in readers for b in r.beats], start_ts=start_ts).to_dict()
+    beats = [b for r in readers for b in r.beats]
+    out = guest_stats(beats, start_ts=start_ts).to_dict()
+    end = end_ts if end_ts is not None else max((b.host_ts for b in beats), default=start_ts)
+    out["brownout"] = brownout(beats, start_ts, end)
     # each reader's span of sequence numbers: the guest's own counter, as each host read it
     out["sides"] = {
         r.side: {"beats": len(r.beats), "first_seq": r.beats[0].seq, "last_seq": r.beats[-1].seq}
@@ -154,9 +209,10 @@ def guest_view(readers: list[HeartbeatReader], start_ts: float) -> dict[str, Any
 def write_beats(path: Path, beats: Iterable[Beat], start_ts: float) -> None:
     """Record beats as TSV (side, seq, guest_ns, host_ts), with the window's start first."""
     with path.open("w") as f:
-        f.write(f"# start_ts\t{start_ts!r}\n# side\tseq\tguest_ns\thost_ts\n")
+        f.write(f"# start_ts\t{start_ts!r}\n# side\tseq\tguest_ns\thost_ts\twork\n")
         for b in sorted(beats, key=lambda b: b.host_ts):
-            f.write(f"{b.side}\t{b.seq}\t{b.guest_ns}\t{b.host_ts!r}\n")
+            work = "" if b.work is None else b.work
+            f.write(f"{b.side}\t{b.seq}\t{b.guest_ns}\t{b.host_ts!r}\t{work}\n")
 
 
 def read_beats(path: Path) -> tuple[float, list[Beat]]:
@@ -166,8 +222,9 @@ def read_beats(path: Path) -> tuple[float, list[Beat]]:
         if line.startswith("# start_ts"):
             start = float(line.split("\t")[1])
         elif line and not line.startswith("#"):
-            side, seq, guest_ns, host_ts = line.split("\t")
-            beats.append(Beat(int(seq), int(guest_ns), float(host_ts), side))
+            side, seq, guest_ns, host_ts, *rest = line.split("\t")
+            work = int(rest[0]) if rest and rest[0] else None  # recordings before WORK have 4 columns
+            beats.append(Beat(int(seq), int(guest_ns), float(host_ts), side, work))
     return start, beats
 
 

@@ -3,10 +3,12 @@
  *
  *   lmwork MODE[:key=val,key=val...]
  *
- * Modes: idle | dirty | stream | verify | faultprobe
+ * Modes: idle | dirty | stream | verify | faultprobe | scan
  *
- * Every mode runs a heartbeat thread that writes "SEQ MONOTONIC_NS\n" on the
- * heartbeat serial port (default /dev/ttyS1) every hb_ms milliseconds.  Lines
+ * Every mode runs a heartbeat thread that writes "SEQ MONOTONIC_NS WORK\n" on
+ * the heartbeat serial port (default /dev/ttyS1) every hb_ms milliseconds.
+ * WORK counts the workload's own progress (pages written, frames rendered,
+ * pages read: one unit per mode), so the host sees a slowdown, not only a stall.  Lines
  * that start with '#' carry results ("# verify ok pages=N").  The host may
  * write commands on the same port, one per line:
  *   check  -> (verify) re-check the pattern and print the verdict
@@ -32,11 +34,12 @@ static int hb_fd = -1;
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 static volatile int check_requested;
 static volatile int go_requested;
+static volatile uint64_t work; /* the workload's progress, in its own unit */
 
 /* ---- options ---------------------------------------------------------- */
 struct opts {
     char mode[32];
-    long mib, rate, fps, kib, ring, hb_ms, seed, pages, delay_ms;
+    long mib, rate, fps, kib, ring, hb_ms, seed, pages, delay_ms, then, at;
     char pattern[16];
     char port[64];
 };
@@ -65,6 +68,8 @@ static void parse(struct opts *o, const char *spec)
         else if (!strcmp(k, "seed")) o->seed = opt_num(v);
         else if (!strcmp(k, "pages")) o->pages = opt_num(v);
         else if (!strcmp(k, "delay")) o->delay_ms = opt_num(v);
+        else if (!strcmp(k, "then")) o->then = opt_num(v);
+        else if (!strcmp(k, "at")) o->at = opt_num(v);
         else if (!strcmp(k, "pattern")) snprintf(o->pattern, sizeof o->pattern, "%s", v);
         else if (!strcmp(k, "port")) snprintf(o->port, sizeof o->port, "%s", v);
     }
@@ -113,7 +118,7 @@ static void *heartbeat(void *arg)
     long hb_ms = *(long *)arg;
     uint64_t period = (uint64_t)hb_ms * 1000000ULL, next = now_ns();
     for (uint64_t seq = 0;; seq++) {
-        say("%llu %llu\n", (unsigned long long)seq, (unsigned long long)now_ns());
+        say("%llu %llu %llu\n", (unsigned long long)seq, (unsigned long long)now_ns(), (unsigned long long)work);
         next += period;
         uint64_t t = now_ns();
         if (next > t) sleep_ns(next - t);
@@ -186,17 +191,53 @@ static void pace(long rate_mb, long *budget)
 }
 
 /* ---- workloads -------------------------------------------------------- */
+/* Writes pages (WORK: pages written); with then=R,at=S the rate becomes R MiB/s
+ * S seconds after the workload is ready (a phase change, mid-migration). */
 static void run_dirty(struct opts *o)
 {
-    long pages = (o->mib << 20) / (long)PAGE, budget = 0, i = 0;
+    long pages = (o->mib << 20) / (long)PAGE, budget = 0, i = 0, rate = o->rate;
     int random = !strcmp(o->pattern, "random");
     unsigned char *mem = alloc_mib(o->mib);
-    say("# dirty mib=%ld rate=%ld pattern=%s\n", o->mib, o->rate, random ? "random" : "seq");
+    say("# dirty mib=%ld rate=%ld pattern=%s then=%ld at=%ld\n", o->mib, o->rate, random ? "random" : "seq",
+        o->then, o->at);
     ready();
+    uint64_t phase_at = o->at > 0 ? now_ns() + (uint64_t)o->at * 1000000000ULL : 0;
     for (uint64_t v = 1;; v++) {
         long p = random ? (long)(xorshift() % (uint64_t)pages) : (i++ % pages);
         *(volatile uint64_t *)(mem + (size_t)p * PAGE) = v;
-        pace(o->rate, &budget);
+        work++;
+        if (phase_at && (v & 255) == 0 && now_ns() >= phase_at) {
+            rate = o->then;
+            phase_at = 0;
+            budget = 0;
+            say("# dirty phase rate=%ld\n", rate);
+        }
+        pace(rate, &budget);
+    }
+}
+
+/* A read-mostly working set: reads every page of mib MiB over and over (WORK:
+ * pages read), and writes rate MiB/s of them (0: none). */
+static void run_scan(struct opts *o)
+{
+    long pages = (o->mib << 20) / (long)PAGE;
+    unsigned char *mem = alloc_mib(o->mib);
+    for (long p = 0; p < pages; p++) mem[(size_t)p * PAGE] = (unsigned char)(p | 1); /* no zero pages */
+    long per_tick = o->rate > 0 ? (o->rate * 1000000L / 100) / (long)PAGE : 0; /* writes per 10 ms */
+    if (o->rate > 0 && per_tick < 1) per_tick = 1;
+    uint64_t sum = 0, tick = now_ns();
+    say("# scan mib=%ld rate=%ld\n", o->mib, o->rate);
+    ready();
+    for (;;) {
+        for (long p = 0; p < pages; p++) {
+            sum += *(volatile unsigned char *)(mem + (size_t)p * PAGE);
+            work++;
+            if ((p & 255) == 0 && per_tick && now_ns() - tick >= 10000000ULL) {
+                tick = now_ns();
+                for (long w = 0; w < per_tick; w++)
+                    mem[(size_t)(xorshift() % (uint64_t)pages) * PAGE + 8] = (unsigned char)sum;
+            }
+        }
     }
 }
 
@@ -218,6 +259,7 @@ static void run_stream(struct opts *o)
         /* Play back an older frame, half a ring ago: read-mostly memory. */
         unsigned char *old = mem + ((n + slots / 2) % slots) * frame;
         for (size_t b = 0; b < frame; b += PAGE) sum += old[b];
+        work++;
         next += period;
         uint64_t t = now_ns();
         if (next > t) sleep_ns(next - t);
@@ -267,6 +309,7 @@ static void run_verify(struct opts *o)
         long p = (long)(xorshift() % (uint64_t)pages);
         gen[p]++;
         fill_page((uint64_t *)(mem + (size_t)p * PAGE), seed, (uint64_t)p, gen[p]);
+        work++;
         pace(o->rate, &budget);
     }
 }
@@ -298,6 +341,7 @@ static void run_faultprobe(struct opts *o)
             uint64_t t0 = now_ns();
             sum += *(volatile unsigned char *)(mem + (size_t)p * PAGE);
             lat[i] = now_ns() - t0;
+            work++;
         }
         qsort(lat, (size_t)n, sizeof *lat, cmp_u64);
         uint64_t total = 0;
@@ -323,7 +367,7 @@ static void run_faultprobe(struct opts *o)
 int main(int argc, char **argv)
 {
     struct opts o = { .mib = 64, .rate = 0, .fps = 30, .kib = 256, .ring = 128,
-                      .hb_ms = 5, .seed = 1, .pages = 2000, .delay_ms = 0 };
+                      .hb_ms = 5, .seed = 1, .pages = 2000, .delay_ms = 0, .then = 0, .at = 0 };
     snprintf(o.pattern, sizeof o.pattern, "seq");
     snprintf(o.port, sizeof o.port, "/dev/ttyS1");
     parse(&o, argc > 1 ? argv[1] : "idle");
@@ -337,6 +381,7 @@ int main(int argc, char **argv)
     else if (!strcmp(o.mode, "stream")) run_stream(&o);
     else if (!strcmp(o.mode, "verify")) run_verify(&o);
     else if (!strcmp(o.mode, "faultprobe")) run_faultprobe(&o);
+    else if (!strcmp(o.mode, "scan")) run_scan(&o);
     ready();
     for (;;) sleep_ns(3600ULL * 1000000000ULL); /* idle */
 }
