@@ -16,7 +16,8 @@ from livemig.errors import UsageError
 
 def test_the_family_runs_in_parts() -> None:
     family = cells_for(["policies"])
-    assert len(family) == len(FAMILY_POLICIES) * 5 * 2  # policies x workloads x links
+    assert len(family) == len(FAMILY_POLICIES) * 7 * 2  # policies x workloads x links
+    assert all(c.predict for c in family)  # each run records plan's prediction
     assert {c.bandwidth for c in family} == {"200mbit", "1gbit"}
     one = cells_for(["policies-stream"])
     assert [c.id for c in one] == [f"policies-stream/{p}" for p in FAMILY_POLICIES]

@@ -93,6 +93,8 @@ FAMILY_WORKLOADS: Final[dict[str, tuple[str, int]]] = {
     "dirtier": ("dirty:mib=128,rate=8,pattern=seq", 512),  # 8 MB/s into 128 MiB
     "stream": ("stream:fps=30,kib=1024,ring=256", 512),  # the demo's: more than the link carries
     "nonconverge": ("dirty:mib=128,pattern=random", 384),  # random writes above the link rate
+    "readmostly": ("scan:mib=384,rate=1", 512),  # reads 384 MiB over and over, writes 1 MiB/s
+    "phased": ("dirty:mib=128,rate=2,then=16,at=4,pattern=seq", 512),  # 2 MiB/s, then 16 MiB/s mid-migration
 }
 FAMILY_LINKS: Final = ("200mbit", "1gbit")
 
