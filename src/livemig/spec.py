@@ -164,6 +164,24 @@ class VMSpec:
     heartbeat: bool = True  # the guest runs livemig's image: heartbeat serial port, ready marker
     extra_args: tuple[str, ...] = ()
 
+    def _check_boot(self, boot: bool) -> None:
+        if self.firmware is not None:
+            if self.firmware not in FIRMWARES:
+                raise SpecError("boot.firmware", f"{self.firmware!r} is not one of {', '.join(FIRMWARES)}")
+            if self.kernel is not None or self.initrd is not None:
+                raise SpecError("boot.firmware", "give either a kernel and initrd, or firmware, not both")
+            if not self.disks:
+                raise SpecError("boot.firmware", "booting from firmware needs a disk (disk[0] is booted)")
+            return
+        for key in ("kernel", "initrd"):
+            path = getattr(self, key)
+            if path is None and not boot:
+                continue  # the guest image's, looked up next
+            if path is None:
+                raise SpecError(f"boot.{key}", "is required (or boot.firmware with a disk)")
+            if not Path(path).is_file():
+                raise SpecError(f"boot.{key}", f"{path} does not exist or is not a file")
+
     def validated(self, boot: bool = True) -> VMSpec:
         """This spec, checked field by field; ``boot=False`` leaves a kernel or initrd
         that is not given unchecked (they may come from the guest image, looked up after the
@@ -182,22 +200,7 @@ class VMSpec:
             raise SpecError("accel", f"{self.accel!r} is not one of {', '.join(ACCELS)}")
         if self.machine not in MACHINES:
             raise SpecError("machine", f"{self.machine!r} is not one of {', '.join(MACHINES)}")
-        if self.firmware is not None:
-            if self.firmware not in FIRMWARES:
-                raise SpecError("boot.firmware", f"{self.firmware!r} is not one of {', '.join(FIRMWARES)}")
-            if self.kernel is not None or self.initrd is not None:
-                raise SpecError("boot.firmware", "give either a kernel and initrd, or firmware, not both")
-            if not self.disks:
-                raise SpecError("boot.firmware", "booting from firmware needs a disk (disk[0] is booted)")
-        else:
-            for key in ("kernel", "initrd"):
-                path = getattr(self, key)
-                if path is None and not boot:
-                    continue  # the guest image's, looked up next
-                if path is None:
-                    raise SpecError(f"boot.{key}", "is required (or boot.firmware with a disk)")
-                if not Path(path).is_file():
-                    raise SpecError(f"boot.{key}", f"{path} does not exist or is not a file")
+        self._check_boot(boot)
         if "\n" in self.cmdline or "\0" in self.cmdline:
             raise SpecError("boot.cmdline", "must be one line")
         disks = tuple(d.validated(f"disk[{i}]") for i, d in enumerate(self.disks))

@@ -22,7 +22,7 @@ from livemig.backends.libvirt.models import parse_job_stats
 from livemig.bench.scenarios import Cell
 from livemig.core.options import MigrationOptions
 from livemig.core.report import MigrationReport
-from livemig.errors import LivemigError
+from livemig.errors import LabError, LivemigError, VMNotFound
 from livemig.guest import parse_workload
 from livemig.lab import Lab
 from livemig.lab.libvirtd import LabDaemon, start_daemons
@@ -147,6 +147,26 @@ def migrate_on_libvirt(cell: Cell, reg: Registry, name: str = "bench") -> Migrat
         target = DomainTarget.resolve(name, "src", "dst", None, reg.root)
         return asyncio.run(DomainMigration(target, opts, reg).run())
     finally:
-        for d in daemons.values():
-            with contextlib.suppress(LivemigError):
-                asyncio.run(stop_domain(d.uri, name))
+        _remove_everywhere(daemons, name)
+
+
+def _remove_everywhere(daemons: dict[str, LabDaemon], name: str, within_s: float = 60.0) -> None:
+    """The run's domain gone from every daemon: a job that is still ending (libvirt cleans
+    up a failed or cancelled migration after QEMU reported it) is waited for. Raises if
+    it is still there, rather than let every later run find it."""
+    deadline = time.monotonic() + within_s
+    left = dict(daemons)
+    while left:
+        for host, d in list(left.items()):
+            try:
+                asyncio.run(stop_domain(d.uri, name))  # destroyed: a transient domain is gone
+                del left[host]
+            except VMNotFound:
+                del left[host]  # gone (or never there)
+            except LivemigError as exc:
+                if time.monotonic() > deadline:
+                    raise LabError(
+                        f"the bench's domain {name} is still on {host} after {within_s:g}s: {exc}"
+                    ) from exc
+        if left:
+            time.sleep(0.5)

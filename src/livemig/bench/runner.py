@@ -238,6 +238,10 @@ def run_bench(
                 say(f"      {_line(result)}")
     finally:
         if created:
+            from livemig.lab.libvirtd import running_daemons, stop_daemons
+
+            if running_daemons(reg.root):  # started for libvirt cells, in a lab made here
+                stop_daemons(reg.root)
             lab.down()
         else:
             lab.set_wmem_max("src", None)

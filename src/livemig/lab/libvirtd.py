@@ -78,6 +78,11 @@ clear_emulator_capabilities = 0
 migration_port_min = {lo}
 migration_port_max = {hi}
 """
+# TLS between the daemons' QEMUs (VIR_MIGRATE_TLS, `livemig -c ... migrate --tls`): the lab
+# host's own credentials (ca-cert.pem, server-*.pem, client-*.pem: what QEMU reads)
+QEMU_TLS_CONF = """migrate_tls_x509_cert_dir = "{pki}"
+migrate_tls_x509_verify = 1
+"""
 
 
 def lab_uri(sock_dir: Path) -> str:
@@ -146,7 +151,7 @@ class LabDaemon:
             return None
 
 
-def _write_config(d: LabDaemon) -> None:
+def _write_config(d: LabDaemon, pki: Path | None) -> None:
     for sub in (*MOUNTS.values(), "sock"):
         (d.dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
     (d.dir / "etc" / "qemu").mkdir(exist_ok=True)
@@ -154,7 +159,10 @@ def _write_config(d: LabDaemon) -> None:
     (d.dir / "etc" / "libvirtd.conf").write_text(
         LIBVIRTD_CONF.format(sock=d.sock_dir, uuid=uuid.uuid5(uuid.NAMESPACE_URL, str(d.dir)))
     )
-    (d.dir / "etc" / "qemu.conf").write_text(QEMU_CONF.format(lo=MIGRATION_PORTS[0], hi=MIGRATION_PORTS[1]))
+    conf = QEMU_CONF.format(lo=MIGRATION_PORTS[0], hi=MIGRATION_PORTS[1])
+    if pki is not None and (pki / "ca-cert.pem").exists():
+        conf += QEMU_TLS_CONF.format(pki=pki)
+    (d.dir / "etc" / "qemu.conf").write_text(conf)
 
 
 _SCRIPT = (
@@ -212,7 +220,7 @@ def start_daemons(root: Path, hosts: list[tuple[str, str]]) -> list[LabDaemon]:
         d = LabDaemon.load(root / "lab-libvirt" / host)
         if d is None or not d.alive():
             d = LabDaemon(host, netns, root / "lab-libvirt" / host)
-            _write_config(d)
+            _write_config(d, root / "lab-pki" / host)
             d = _spawn(d)
             log.info("lab: started %r", d)
         daemons.append(d)

@@ -132,13 +132,15 @@ class _Call:
         self.started = time.time()
 
         def run() -> None:
+            err: LibvirtCallError | None = None
             try:
                 fn()
             except libvirt.libvirtError as exc:
                 err = _error(name, exc)
+            try:
                 loop.call_soon_threadsafe(self._settle, err)
-            else:
-                loop.call_soon_threadsafe(self._settle, None)
+            except RuntimeError:  # the loop closed first: nobody waits for this call any more
+                log.info("%s ended after livemig stopped waiting: %s", name, err or "ok")
 
         threading.Thread(target=run, name=f"libvirt-{name}", daemon=True).start()
 
@@ -307,11 +309,16 @@ class LibvirtBackend:
 
     async def _job_end(self) -> None:
         """libvirt's job ends after QEMU's: the source's Confirm phase stops (and, for a
-        transient domain, removes) the source domain. Wait for that, so that the next
-        command finds the domain in one place."""
+        transient domain, removes) the source domain, and a failed or cancelled job cleans
+        up the destination. Wait for that, so that the next command finds the domain in one
+        place and free of libvirt's job."""
         waits: list[asyncio.Future[Any]] = []
         mig = self._migrate
-        if mig is not None and not mig.done.done() and self._status.get("src") in ("completed", "cancelled"):
+        if (
+            mig is not None
+            and not mig.done.done()
+            and self._status.get("src") in ("completed", "cancelled", "failed")
+        ):
             waits.append(mig.done)
         stopped: asyncio.Future[Any] | None = None
         if self._status.get("src") == "completed" and not self._src_stopped.is_set():
