@@ -59,7 +59,9 @@ def paths(obj: Any, prefix: str = "") -> set[str]:
 
 
 def assert_documented(report: dict[str, Any]) -> None:
-    missing = sorted(p for p in paths(report) if p not in documented())
+    keys = paths(report)
+    assert not [p for p in keys if " " in p], "a report key contains a space"
+    missing = sorted(p for p in keys if p not in documented())
     assert not missing, f"report fields not in docs/report.md: {missing}"
 
 
