@@ -104,7 +104,7 @@ def test_how_long_a_bench_takes() -> None:
     assert idle.estimate_s == pytest.approx(7 + 2 + 512 * 2**20 / 25e6)  # boot + warm-up + RAM at 200 mbit
     assert fast.estimate_s < idle.estimate_s < lv.estimate_s  # a faster link; libvirt's daemons
     assert _left([], [idle], 10) == "  (about 5 min left, estimated)"
-    assert _left([20.0, 40.0, 30.0], [idle], 10) == "  (about 5 min left)"  # the median so far
+    assert _left([20.0, 70.0, 30.0], [idle], 10) == "  (about 7 min left)"  # the mean so far: 40 s a run
     assert _left([20.0], [idle], 2) == ""  # under a minute: nothing to say
 
 

@@ -250,8 +250,9 @@ def run_bench(
 
 
 def _left(took: list[float], cells: list[Cell], runs: int) -> str:
-    """What is left, from the runs so far (their median), or the cells' estimate before any."""
-    per = statistics.median(took) if took else statistics.fmean(c.estimate_s for c in cells)
+    """What is left, from the runs so far (their mean: a sum of runs, long ones included),
+    or the cells' estimate before any."""
+    per = statistics.fmean(took) if took else statistics.fmean(c.estimate_s for c in cells)
     left = per * runs
     return f"  (about {left / 60:.0f} min left{'' if took else ', estimated'})" if left >= 60 else ""
 
