@@ -125,3 +125,11 @@ def test_plans_error_is_the_median_over_completed_runs() -> None:
     total = got["median error of the predicted total time <= 30%"]
     assert total["met"] is True and total["measured"].startswith("20% over 3 runs")
     assert "median error of the predicted pause <= 30%" not in got  # no run recorded one
+
+
+def test_the_blackout_without_libvirts_round_trips() -> None:
+    from livemig.bench.runner import blackout_net_ms
+
+    assert blackout_net_ms({"blackout_ms": 13.6, "libvirt_handshake_ms": 10.5}) == 3.1
+    assert blackout_net_ms({"blackout_ms": 5.4, "libvirt_handshake_ms": None}) == 5.4  # livemig's own QEMUs
+    assert blackout_net_ms({"blackout_ms": None, "libvirt_handshake_ms": 7.0}) is None  # nothing stopped

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from livemig.bench.runner import migration_ms
+from livemig.bench.runner import blackout_net_ms, migration_ms
 from livemig.bench.scenarios import SCENARIOS
 
 __all__ = ["Summary", "load_results", "summarize", "targets", "write_report"]
@@ -121,6 +121,9 @@ def load_results(d: Path) -> list[dict[str, Any]]:
             r["metrics"].append(
                 {"name": "migration_ms", "value": migration_ms(r["report"]["events"]), "unit": "ms"}
             )
+        if "blackout_net_ms" not in names and "report" in r:
+            m = {x["name"]: x["value"] for x in r["metrics"]}
+            r["metrics"].append({"name": "blackout_net_ms", "value": blackout_net_ms(m), "unit": "ms"})
     return results
 
 
@@ -217,7 +220,8 @@ def plan_targets(summaries: list[Summary]) -> list[dict[str, Any]]:
     return out
 
 
-LIBVIRT_METRICS = ("max_stall_ms", "blackout_ms", "migration_ms")  # migration_ms: QEMU's clock, both backends
+# migration_ms: QEMU's clock, both backends; blackout_net_ms: the blackout without libvirt's own round trips
+LIBVIRT_METRICS = ("max_stall_ms", "blackout_ms", "blackout_net_ms", "migration_ms")
 
 
 def _ratio(a: Stat | None, b: Stat | None) -> str:
