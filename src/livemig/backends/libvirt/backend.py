@@ -223,8 +223,9 @@ class LibvirtBackend:
         return dom is not None and dom.UUIDString() == self.uuid
 
     def _on_close(self, _conn: Any, reason: int, side: Side) -> None:
-        self._loop.call_soon_threadsafe(self._lost[side].set)
         self.log.warning("connection to the %s daemon closed (reason %d)", side, reason)
+        with contextlib.suppress(RuntimeError):  # a loop closed after the migration: nobody to tell
+            self._loop.call_soon_threadsafe(self._lost[side].set)
 
     def _on_monitor(
         self, _c: Any, dom: Any, event: str, sec: int, usec: int, details: Any, side: Side
@@ -306,6 +307,11 @@ class LibvirtBackend:
             except LivemigError as exc:
                 self.log.debug("deregister %s %d: %s", kind, cid, exc)
         self._callbacks.clear()
+        for side, conn in self.conns.items():  # else it keeps the connection, and fires later
+            try:
+                await call("unregisterCloseCallback", conn.unregisterCloseCallback)
+            except LivemigError as exc:
+                self.log.debug("close callback of the %s daemon: %s", side, exc)
 
     async def _job_end(self) -> None:
         """libvirt's job ends after QEMU's: the source's Confirm phase stops (and, for a
