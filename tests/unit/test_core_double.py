@@ -372,3 +372,12 @@ def test_a_status_that_skips_one_walks_the_legal_path() -> None:
 
     report = asyncio.run(main())
     assert report.status == "completed" and report.error is None
+
+
+def test_a_bound_of_a_few_bytes_is_no_ratio() -> None:
+    """A run cancelled right after its start sent a few bytes: its bound rounds to 0 ms."""
+    r = MigrationReport(
+        "vm", "cancelled", "manual", "10.0.2", "tcg", False, total_time_ms=900.0, bytes_transferred=4
+    )
+    r.set_bound(100_000_000)
+    assert r.physical_bound_ms == 0.0 and r.time_vs_bound is None

@@ -69,7 +69,7 @@ class MigrationReport:
         if not rate_bps or not self.bytes_transferred:
             return
         self.physical_bound_ms = round(self.bytes_transferred / rate_bps * 1000.0, 1)
-        if self.total_time_ms:
+        if self.total_time_ms and self.physical_bound_ms:  # a cancelled run may have sent a few bytes
             self.time_vs_bound = round(self.total_time_ms / self.physical_bound_ms, 3)
 
     def __repr__(self) -> str:
