@@ -95,6 +95,15 @@ class GuestStats:
         }
 
 
+def _first_receipts(beats: Iterable[Beat]) -> list[Beat]:
+    """Each sequence number once (its first receipt, on either side), in order."""
+    first: dict[int, Beat] = {}
+    for b in beats:
+        if b.seq not in first or b.host_ts < first[b.seq].host_ts:
+            first[b.seq] = b
+    return [first[s] for s in sorted(first)]
+
+
 def guest_stats(
     beats: Iterable[Beat],
     start_ts: float | None = None,
@@ -107,15 +116,10 @@ def guest_stats(
     sides counts once (the first receipt). ``lost`` counts sequence numbers
     missing between the first and last beat.
     """
-    first_seen: dict[int, Beat] = {}
-    for b in beats:
-        if start_ts is not None and b.host_ts < start_ts:
-            continue
-        if end_ts is not None and b.host_ts > end_ts:
-            continue
-        if b.seq not in first_seen or b.host_ts < first_seen[b.seq].host_ts:
-            first_seen[b.seq] = b
-    ordered = [first_seen[s] for s in sorted(first_seen)]
+    ordered = _first_receipts(
+        b for b in beats
+        if (start_ts is None or b.host_ts >= start_ts) and (end_ts is None or b.host_ts <= end_ts)
+    )  # fmt: skip
     if len(ordered) < 2:
         return GuestStats(None, 0, len(ordered), 0)
     lost = (ordered[-1].seq - ordered[0].seq + 1) - len(ordered)
@@ -138,15 +142,6 @@ def guest_stats(
         max_guest_gap_ms=round(max_guest, 3),
         stalls=tuple(stalls),
     )
-
-
-def _first_receipts(beats: Iterable[Beat]) -> list[Beat]:
-    """Each sequence number once (its first receipt, on either side), in order."""
-    first: dict[int, Beat] = {}
-    for b in beats:
-        if b.seq not in first or b.host_ts < first[b.seq].host_ts:
-            first[b.seq] = b
-    return [first[s] for s in sorted(first)]
 
 
 def brownout(
