@@ -175,12 +175,17 @@ class MigrationJob:
             preempt=mig.preempt,
             recover_deadline_s=recover_deadline_s or self.options.recover_deadline_s,
         )
-        mig.owner_pid = os.getpid()
+        previous, mig.owner_pid = mig.state, os.getpid()
         reg.save(rec)
-        return await self._drive(rec, dst_inst, mig.link, attach=True)
+        return await self._drive(rec, dst_inst, mig.link, attach=True, previous=previous)
 
     async def _drive(
-        self, rec: VMRecord, dst_inst: QemuInstance, link: dict[str, Any] | None, attach: bool
+        self,
+        rec: VMRecord,
+        dst_inst: QemuInstance,
+        link: dict[str, Any] | None,
+        attach: bool,
+        previous: str | None = None,
     ) -> MigrationReport:
         src_mon = Monitor(self.name, "src", rec.instance.paths.qmp, self.log.getChild("src"))
         dst_mon = Monitor(self.name, "dst", dst_inst.paths.qmp, self.log.getChild("dst"))
@@ -204,7 +209,7 @@ class MigrationJob:
             if probe is not None:
                 await probe.start()
             t0 = time.time()
-            report = await (mig.attach() if attach else mig.run())
+            report = await (mig.attach(previous) if attach else mig.run())
             await self._observe(report, rec, readers, probe, t0)
             report.link = link
             rates = [r for r in (link and link["rate_Bps"], self.options.max_bandwidth) if r]

@@ -42,6 +42,8 @@ class DoubleBackend:
     frozen: bool = False  # progress stops (a dead link)
     refuse_switch: bool = False
     refuse_recover: int = 0  # recover attempts that fail first
+    connecting: bool = False  # a resume only connects (a cut link: SYNs retried for minutes)
+    view: AttachView | None = None  # what attach() finds
     silent_start: bool = False  # start pushes no events (the test pushes them)
     forgets: bool = False  # once cancelled, report no figures (as QEMU does)
     src_status: str = "none"
@@ -103,6 +105,9 @@ class DoubleBackend:
         if self.refuse_recover:
             self.refuse_recover -= 1
             raise MigrationFailed("no listener yet")
+        if self.connecting:
+            await self.push(EventKind.STATUS, "src", "postcopy-recover-setup")
+            return
         self.frozen = False
         await self.push(EventKind.STATUS, "dst", "postcopy-active")
         await self.push(EventKind.STATUS, "src", "postcopy-active")
@@ -129,7 +134,9 @@ class DoubleBackend:
         return True, "running"
 
     async def attach(self) -> AttachView:
-        raise NotImplementedError
+        assert self.view is not None
+        self.src_status = self.view.src_status
+        return self.view
 
     async def close(self) -> None:
         self.commands.append("close")
@@ -381,3 +388,39 @@ def test_a_bound_of_a_few_bytes_is_no_ratio() -> None:
     )
     r.set_bound(100_000_000)
     assert r.physical_bound_ms == 0.0 and r.time_vs_bound is None
+
+
+def test_a_deadline_that_leaves_a_resume_connecting_says_so() -> None:
+    async def main() -> MigrationReport:
+        be, mig, task = await begin("postcopy-now", recover_deadline_s=1.0, recover_attempt_s=0.3)
+        await until(lambda: mig.state is S.POSTCOPY)
+        be.frozen = be.connecting = True
+        return await asyncio.wait_for(task, 6)
+
+    report = asyncio.run(main())
+    assert report.status == "postcopy-paused"
+    assert report.recovery is not None and report.recovery.get("left_connecting") is True
+
+
+@pytest.mark.parametrize(
+    ("previous", "src", "detached"),
+    [("postcopy-paused", "postcopy-active", True), ("postcopy-paused", "completed", True),
+     ("postcopy-paused", "postcopy-paused", False),
+     (None, "postcopy-active", False), ("postcopy", "postcopy-active", False)],
+)  # fmt: skip
+def test_attach_tells_a_recovery_made_while_detached(previous: str | None, src: str, detached: bool) -> None:
+    async def main() -> MigrationReport:
+        be = DoubleBackend(view=AttachView(src, src, {"postcopy-ram": True}, MigrationInfo(src), True))
+        mig = Migration(be, fast("postcopy-now", recover_deadline_s=5.0))
+        task = asyncio.create_task(mig.attach(previous))
+        await until(lambda: mig.state in (S.POSTCOPY, S.COMPLETED))
+        if src != "completed":
+            await be.complete()
+        return await asyncio.wait_for(task, 6)
+
+    report = asyncio.run(main())
+    recovered = [e["data"] for e in report.events if e["name"] == "postcopy-recovered"]
+    assert report.status == "completed"
+    assert "postcopy-requested" not in [e["name"] for e in report.events], "it had switched already"
+    assert [r.get("detached") for r in recovered] == ([True] if detached else [None] * len(recovered))
+    assert bool(report.recovery and report.recovery.get("recovered_while_detached")) is detached

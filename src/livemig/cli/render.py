@@ -39,7 +39,11 @@ def _describe(ev: MigrationEvent) -> str:
         "failed": f"failed ({d.get('phase')}): {d.get('reason')}",
         "cancelled": "cancelled: the VM stays on the source",
         "postcopy-paused": f"post-copy paused (outage {d.get('outage')}); recovering",
-        "postcopy-recovered": f"post-copy recovered after {d.get('paused_ms')} ms ({d.get('attempts')} attempt(s))",
+        "postcopy-recovered": (
+            "post-copy had recovered while no livemig was attached (a resume issued before the deadline)"
+            if d.get("detached")
+            else f"post-copy recovered after {d.get('paused_ms')} ms ({d.get('attempts')} attempt(s))"
+        ),
         "attached": f"took over: the source is {d.get('source')}, the destination {d.get('destination')}",
     }
     return lines.get(ev.name, ev.name)

@@ -28,7 +28,7 @@ from livemig.core.bus import EventBus
 from livemig.core.events import MigrationEvent, translate
 from livemig.core.options import MigrationOptions
 from livemig.core.policyloop import PolicyLoop
-from livemig.core.recovery import Backoff, Reconnect, RecoveryStats, Watchdog
+from livemig.core.recovery import RESUMING, RUNNING_AGAIN, Backoff, Reconnect, RecoveryStats, Watchdog
 from livemig.core.report import MigrationReport, Switch, build_report
 from livemig.core.sides import WHO, Sides
 from livemig.core.state import (
@@ -445,10 +445,12 @@ class Migration:
         return await self._drive(self._start)
 
     @require(S.IDLE, why="a Migration runs once")
-    async def attach(self) -> MigrationReport:
+    async def attach(self, previous: str | None = None) -> MigrationReport:
         """Take over a migration that went on without its manager (livemig was killed):
-        learn where each side is, then drive it to its end from there."""
-        return await self._drive(self._adopt)
+        learn where each side is, then drive it to its end from there. ``previous`` is
+        the state its last manager left it in, if known: a post-copy left paused that is
+        found running again recovered meanwhile, and gets its ``postcopy-recovered``."""
+        return await self._drive(lambda: self._adopt(previous))
 
     async def _open(self) -> None:
         await self.backend.open(self._on_backend_event)
@@ -465,7 +467,7 @@ class Migration:
         self.loop.started = time.time()
         await self.backend.start()
 
-    async def _adopt(self) -> None:
+    async def _adopt(self, previous: str | None) -> None:
         await self._open()
         view = await self.backend.attach()
         self.negotiated = Negotiated("", view.caps)
@@ -475,6 +477,8 @@ class Migration:
         total = view.info.total_time_ms
         self.loop.started = time.time() - (total / 1000 if total else 0.0)
         target = ATTACH_STATE.get(view.src_status)
+        if view.src_status == "completed" and previous in (S.POSTCOPY.value, S.POSTCOPY_PAUSED.value):
+            target = S.POSTCOPY  # it had switched: it completed in post-copy, not pre-copy
         if target is None:
             raise MigrationFailed(
                 f"cannot take over: the source's migration is {view.src_status!r}", self.state
@@ -482,6 +486,12 @@ class Migration:
         self.bus.publish(
             MigrationEvent("attached", {"source": view.src_status, "destination": view.dst_status})
         )
+        if previous == S.POSTCOPY_PAUSED.value and view.src_status in RUNNING_AGAIN:
+            # A resume issued before the last deadline connected once the link came back.
+            self.recovery = RecoveryStats(outages=1, recovered=1, recovered_while_detached=True)
+            self.bus.publish(
+                MigrationEvent("postcopy-recovered", {"outage": 1, "attempts": 0, "detached": True})
+            )
         for step in path(self.state, target):
             await self._set_state(step, f"attached: source {view.src_status}, destination {view.dst_status}")
         if target in (S.POSTCOPY, S.POSTCOPY_PAUSED):
@@ -717,5 +727,12 @@ class Migration:
                 self._watchdog.reset()
                 self._reconnect.asked.clear()
                 return True
-        self.log.warning("recovery deadline (%gs) passed: both sides stay paused", backoff.deadline_s)
+        if self.sides.get("src") in RESUMING:
+            stats.left_connecting = True
+            self.log.warning(
+                "recovery deadline (%gs) passed with the source's resume still connecting: "
+                "QEMU completes it by itself if the link returns", backoff.deadline_s,
+            )  # fmt: skip
+        else:
+            self.log.warning("recovery deadline (%gs) passed: both sides stay paused", backoff.deadline_s)
         return False

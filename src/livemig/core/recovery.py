@@ -64,6 +64,10 @@ class RecoveryStats:
     recovered: int = 0
     last_reason: str | None = None
     last_recovery_ms: float | None = None
+    # The deadline passed while the source's resume was still connecting (its SYNs are
+    # retried for minutes): QEMU finishes that recovery by itself if the link returns.
+    left_connecting: bool | None = None
+    recovered_while_detached: bool | None = None  # found so by the next `livemig recover`
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
