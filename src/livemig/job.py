@@ -200,7 +200,7 @@ class MigrationJob:
             await asyncio.gather(src_mon.connect(), dst_mon.connect())
             for r in readers:
                 await r.start()
-            mig = self._migration_of(rec, dst_inst, src_mon, dst_mon, readers)
+            mig = self._migration_of(rec, dst_inst, src_mon, dst_mon, readers, attach)
             if self.control:
                 server = ControlServer(
                     self.registry.control_socket(self.name), self.name, lambda: self.migration
@@ -240,20 +240,23 @@ class MigrationJob:
         src_mon: Monitor,
         dst_mon: Monitor,
         readers: list[HeartbeatReader],
+        attach: bool,
     ) -> Migration:
         """The core's Migration over the QEMU backend, with this job's event callbacks."""
         version = find_qemu().version
         backend = QemuBackend(
             self.name,
-            Endpoint("src", src_mon, version, rec.instance.accel),
+            Endpoint("src", src_mon, version, rec.instance.accel, rec.instance.pid),
             Endpoint("dst", dst_mon, version, dst_inst.accel),
+            # taking over: no negotiation, so the address for a recovery comes from the record
+            uri=f"tcp:{self.options.address}:0" if attach else None,
         )
         mig = Migration(
             backend, self.options, self.bus, {"src": rec.host or "local", "dst": self.to_host or "local"}
         )
         if rec.spec.workload.mode == "faultprobe" and readers:
             mig.bus.on(lambda _ev: self._probe_go(readers[1]), names=["destination-resumed"])
-        mig.on_event(lambda _ev: self._record_state(rec, mig))
+        mig.on_state(lambda _state, _why: self._record_state(rec, mig))
         self.migration = mig
         self._ready.set()
         return mig

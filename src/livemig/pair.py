@@ -109,6 +109,15 @@ _BIND = (
 )
 
 
+def _pid_of(qmp: Path) -> int | None:
+    """The QEMU behind ``qmp``, or None (then a stuck resume is waited for, not withdrawn)."""
+    try:
+        return peer_pid(qmp)
+    except OSError as exc:
+        log.info("the PID behind %s is unknown: %s", qmp, exc)
+        return None
+
+
 async def probe_bind(qmp: Path, uri: str) -> None:
     """Refuse, before anything changes, a URI that the destination cannot bind: a QEMU
     whose migrate-incoming failed cannot try again. The bind is tried in the destination
@@ -236,7 +245,7 @@ class PairMigration(MigrationHandle):
                 except OSError as exc:
                     raise UsageError(f"heartbeat socket {r.path}: {exc}") from exc
             backend = QemuBackend(
-                self.name, Endpoint("src", src_mon, src.version, src.accel),
+                self.name, Endpoint("src", src_mon, src.version, src.accel, _pid_of(self.pair.src_qmp)),
                 Endpoint("dst", dst_mon, dst.version, dst.accel), uri=self.pair.uri,
             )  # fmt: skip
             host = self.pair.uri.split(":")[1].strip("[]")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,67 @@ def test_livemig_killed_mid_migration_is_taken_over(
     after = vms.record()
     assert after.host == "dst" and after.instance.pid == dst.pid and after.migration.state == "completed"  # type: ignore[union-attr]
     assert not qemu_running(rec.instance.pid)
+
+
+def _wait_state(vms: VMFactory, state: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mig = vms.record().migration
+        if mig is not None and mig.state == state:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the migration never reached {state}: {vms.record().migration!r}")
+
+
+def _connecting(pid: int) -> bool:
+    """Whether QEMU ``pid``'s network namespace has a TCP connect waiting for an answer."""
+    out = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ss", "-Htn", "state", "syn-sent"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return bool(out.strip())
+
+
+def _until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"never {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("moment", ["connecting", "withdrawn"])
+def test_livemig_killed_during_a_recovery_is_taken_over(lab: Lab, vms: VMFactory, moment: str) -> None:
+    """Killed while a recovery runs: with the source's resume connecting over the cut link,
+    or just after livemig withdrew it (the destination listening, the source paused). Once
+    the link is back, `recover` takes it to the end."""
+    vms.start(workload="verify:mib=128,rate=2", host="src")
+    src_pid = vms.record().instance.pid
+    first = _livemig(vms.runtime, "migrate", "vm", "--to", "dst", "--policy", "postcopy-now",
+                     "--stall-timeout", "1.5", "--quiet")  # fmt: skip
+    try:
+        _wait_state(vms, "postcopy")
+        time.sleep(0.5)
+        lab.set_link("dst", up=False)
+        _until(lambda: _connecting(src_pid), "a resume connecting")
+        if moment == "withdrawn":
+            _until(lambda: not _connecting(src_pid), "the resume withdrawn")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=10)
+        if moment == "withdrawn":
+            assert not _connecting(src_pid), "the next attempt began before the kill"
+        lab.set_link("dst", up=True)
+    rec = vms.record()
+    dst = dst_of(rec)
+    assert rec.instance.alive() and dst.alive() and rec.status == "orphaned:postcopy-paused"
+    second = _livemig(vms.runtime, "recover", "vm", "--json", "--quiet")
+    out, errs = second.communicate(timeout=180)
+    assert second.returncode == 0, errs
+    report = json.loads(out)
+    assert report["status"] == "completed" and report["guest"]["verify"].startswith("verify ok")
+    recovered = [e["data"] for e in report["events"] if e["name"] == "postcopy-recovered"]
+    assert len(recovered) == 1, report["events"]
+    if moment == "withdrawn":  # nothing was connecting: this livemig made the recovery
+        assert not recovered[0].get("detached") and recovered[0]["attempts"] >= 1, recovered
+    assert vms.record().instance.pid == dst.pid and not qemu_running(rec.instance.pid)
 
 
 def test_after_the_deadline_both_stay_paused_and_recover_resumes(lab: Lab, vms: VMFactory) -> None:

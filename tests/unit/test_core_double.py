@@ -43,6 +43,8 @@ class DoubleBackend:
     refuse_switch: bool = False
     refuse_recover: int = 0  # recover attempts that fail first
     connecting: bool = False  # a resume only connects (a cut link: SYNs retried for minutes)
+    abortable: bool = False  # abort_resume() takes such a resume back
+    refuse_abort: int = 0  # abort_resume() calls that fail first
     view: AttachView | None = None  # what attach() finds
     silent_start: bool = False  # start pushes no events (the test pushes them)
     forgets: bool = False  # once cancelled, report no figures (as QEMU does)
@@ -111,6 +113,14 @@ class DoubleBackend:
         self.frozen = False
         await self.push(EventKind.STATUS, "dst", "postcopy-active")
         await self.push(EventKind.STATUS, "src", "postcopy-active")
+
+    async def abort_resume(self) -> bool:
+        self.commands.append("abort-resume")
+        if not self.abortable or self.refuse_abort:
+            self.refuse_abort = max(self.refuse_abort - 1, 0)
+            return False
+        await self.push(EventKind.STATUS, "src", "postcopy-paused")
+        return True
 
     async def tune(
         self,
@@ -424,3 +434,38 @@ def test_attach_tells_a_recovery_made_while_detached(previous: str | None, src: 
     assert "postcopy-requested" not in [e["name"] for e in report.events], "it had switched already"
     assert [r.get("detached") for r in recovered] == ([True] if detached else [None] * len(recovered))
     assert bool(report.recovery and report.recovery.get("recovered_while_detached")) is detached
+
+
+def test_an_unanswered_resume_is_withdrawn_and_retried_until_the_link_returns() -> None:
+    async def main() -> tuple[MigrationReport, DoubleBackend]:
+        be, mig, task = await begin("postcopy-now", recover_deadline_s=30.0, recover_connect_s=0.2)
+        await until(lambda: mig.state is S.POSTCOPY)
+        be.frozen = be.connecting = be.abortable = True  # a dead link: connects are never answered
+        await until(lambda: be.commands.count("abort-resume") >= 2, 10)
+        be.connecting = False  # the link is back: the next resume connects
+        await until(lambda: mig.state is S.POSTCOPY and be.commands.count("recover") >= 3, 10)
+        await be.complete()
+        return await asyncio.wait_for(task, 3), be
+
+    report, be = asyncio.run(main())
+    assert report.status == "completed"
+    assert report.recovery is not None and report.recovery["recovered"] == 1
+    assert report.recovery["attempts"] == be.commands.count("recover") >= 3
+    assert "left_connecting" not in report.recovery
+
+
+def test_a_deadline_withdraws_a_resume_still_connecting_so_both_stay_paused() -> None:
+    async def main() -> tuple[MigrationReport, DoubleBackend]:
+        be, mig, task = await begin(
+            "postcopy-now", recover_deadline_s=1.0, recover_attempt_s=1.0, recover_connect_s=0.5
+        )
+        await until(lambda: mig.state is S.POSTCOPY)
+        # the attempt's own withdrawal fails; the one at the deadline takes
+        be.frozen = be.connecting = be.abortable = True
+        be.refuse_abort = 1
+        return await asyncio.wait_for(task, 10), be
+
+    report, be = asyncio.run(main())
+    assert report.status == "postcopy-paused" and be.src_status == "postcopy-paused"
+    assert report.recovery is not None and "left_connecting" not in report.recovery
+    assert be.commands.count("recover") == 1 and be.commands.count("abort-resume") == 2

@@ -24,17 +24,19 @@ def _trial(fault: str, **kw: Any) -> dict[str, Any]:
 
 def test_table_counts_and_flags_mismatches(tmp_path: Path) -> None:
     trials = [
-        _trial("link-down-30s/postcopy", recovered=1, recover_s=34.0),
-        _trial("link-down-30s/postcopy", recovered=1, recover_s=36.5),
+        _trial("link-down-30s/postcopy", recovered=1, recover_s=34.0, link_back_to_recovered_s=2.5),
+        _trial("link-down-30s/postcopy", recovered=1, recover_s=36.5, link_back_to_recovered_s=4.1),
         _trial("kill-dst/precopy", status="failed", on="src"),
         _trial("kill-dst/precopy", status="failed", on="src", memory_intact=False, leftovers=["qemu pid 1"]),
     ]
     text = write_reliability(trials, tmp_path / "r.md", "livemig bench faults-inject").read_text()
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert (
-        "| 2 | 2 | 2/2 | 2/2 | 0 | 2 | 36.5 s (36.5 s) | dst: completed |" in rows["link-down-30s/postcopy"]
+        "| 2 | 2 | 2/2 | 2/2 | 0 | 2 | 36.5 s (36.5 s) | 4.1 s (4.1 s) | dst: completed |"
+        in rows["link-down-30s/postcopy"]
     )
     assert "1/2 (**1 mismatches**) | 1 |" in rows["kill-dst/precopy"]
+    assert "| - | - | src: failed |" in rows["kill-dst/precopy"]
     assert "src: failed" in rows["kill-dst/precopy"]
     # the unrecoverable cases are listed with their reasons, and only those
     section = text.split("## Unrecoverable cases, and why", 1)[1]

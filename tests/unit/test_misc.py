@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 import livemig
+from livemig.backends.qemu.connects import ss_argv
 from livemig.errors import QemuTooOld
 from livemig.qemu.argv import InstancePaths, build_argv
 from livemig.qemu.binary import QemuBinary, parse_version
@@ -104,3 +105,15 @@ def test_sync_migration_takes_the_options_policy_unless_told_otherwise() -> None
             assert str(mig._args[1].policy) == expected
         finally:
             mig.portal.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "dst"),
+    [("192.0.2.2", "192.0.2.2"), ("[2001:db8::2]", "[2001:db8::2]"), ("2001:db8::2", "[2001:db8::2]")],
+)
+def test_a_connecting_resume_is_withdrawn_in_the_qemus_namespace_only_to_its_address(
+    host: str, dst: str
+) -> None:
+    argv = ss_argv(4242, host, 50123)
+    assert argv[:2] == ["nsenter", "--net=/proc/4242/ns/net"]
+    assert argv[2:] == ["ss", "-K", "-H", "-tn", "state", "syn-sent", "dst", dst, "dport", "=", ":50123"]

@@ -22,8 +22,10 @@ def test_backoff_doubles_up_to_its_cap() -> None:
 @pytest.mark.parametrize(
     ("deadline", "attempt", "starts"),
     [
-        (10.0, 1.0, [0.0, 1.5, 3.5, 6.5]),  # waits 0, .5, 1, 2, then 4 would start at 11.5
-        (120.0, 10.0, [0.0, 10.5, 21.5, 33.5, 47.5, 65.5, 83.5, 101.5, 119.5]),
+        (10.0, 1.0, [0.0, 1.5, 3.5, 6.5, 9.5]),  # waits 0, .5, 1, 2, 2, then 2 would start at 12.5
+        (120.0, 10.0, [0.0, 10.5, 21.5, 33.5, 45.5, 57.5, 69.5, 81.5, 93.5, 105.5, 117.5]),
+        # a dead link: each attempt ends at its 2 s connect timeout, one starts every 4 s
+        (40.0, 2.0, [0.0, 2.5, 5.5, 9.5, 13.5, 17.5, 21.5, 25.5, 29.5, 33.5, 37.5]),
         (0.1, 5.0, [0.0]),
     ],
 )

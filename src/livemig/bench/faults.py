@@ -107,8 +107,11 @@ def _wait_event(reg: Registry, name: str, event: str, deadline_s: float) -> bool
     return False
 
 
-def _inject(fault: Fault, lab: Lab, reg: Registry, name: str, proc: subprocess.Popen[str]) -> float | None:
-    """Wait for the phase, strike; returns when it struck (time.time()), None if the phase never came."""
+def _inject(
+    fault: Fault, lab: Lab, reg: Registry, name: str, proc: subprocess.Popen[str], restored: list[float]
+) -> float | None:
+    """Wait for the phase, strike; returns when it struck (time.time()), None if the phase
+    never came. A cut link's restore time goes to ``restored``."""
     event, delay = TRIGGER[fault.phase]
     if not _wait_event(reg, name, event, 120.0):
         return None
@@ -119,6 +122,7 @@ def _inject(fault: Fault, lab: Lab, reg: Registry, name: str, proc: subprocess.P
         lab.set_link("dst", up=False)
         time.sleep(fault.outage_s)
         lab.set_link("dst", up=True)
+        restored.append(time.time())
     elif fault.kind in ("kill-dst", "kill-src"):
         target = rec.instance if fault.kind == "kill-src" else rec.migration.dst if rec.migration else None
         if target is not None and target.alive():  # its start time guards against a reused PID
@@ -126,6 +130,15 @@ def _inject(fault: Fault, lab: Lab, reg: Registry, name: str, proc: subprocess.P
     elif fault.kind == "kill-livemig":
         proc.send_signal(signal.SIGKILL)
     return struck
+
+
+def _back_to_recovered(report: dict[str, Any] | None, restored: list[float]) -> float | None:
+    """From the link's restore to the first ``postcopy-recovered`` after it (s)."""
+    if not report or not restored:
+        return None
+    after = [e["delivered_ts"] for e in report.get("events", [])
+             if e["name"] == "postcopy-recovered" and e["delivered_ts"] >= restored[0]]  # fmt: skip
+    return round(min(after) - restored[0], 2) if after else None
 
 
 def _save_logs(reg: Registry, dest: Path) -> None:
@@ -147,7 +160,10 @@ def run_trial(
         policy = "postcopy-after:1" if fault.phase != "postcopy" else "postcopy-now"
         proc = _livemig("migrate", name, "--to", "dst", "--policy", policy, "--json", "--quiet")
         struck: list[float | None] = [None]
-        t = threading.Thread(target=lambda: struck.__setitem__(0, _inject(fault, lab, reg, name, proc)))
+        restored: list[float] = []
+        t = threading.Thread(
+            target=lambda: struck.__setitem__(0, _inject(fault, lab, reg, name, proc, restored))
+        )
         t.start()
         stdout, stderr = proc.communicate(timeout=300)
         t.join(timeout=120)
@@ -164,6 +180,7 @@ def run_trial(
             out["stderr_tail"] = stderr.strip().splitlines()[-20:]
         recovery = (report or {}).get("recovery") or {}
         out["recovered"] = recovery.get("recovered", 0)
+        out["link_back_to_recovered_s"] = _back_to_recovered(report, restored)
         out["recover_s"] = (
             round(done - struck[0], 2) if struck[0] and report and report["status"] == "completed" else None
         )
@@ -253,6 +270,11 @@ WHY_UNRECOVERABLE: Final[dict[str, str]] = {
 }
 
 
+def _median_max(values: list[float | None]) -> str:
+    vs = sorted(v for v in values if v is not None)
+    return f"{vs[len(vs) // 2]:.1f} s ({vs[-1]:.1f} s)" if vs else "-"
+
+
 def write_reliability(trials: list[dict[str, Any]], path: Path, command: str = "") -> Path:
     cells: dict[str, list[dict[str, Any]]] = {}
     for t in trials:
@@ -268,8 +290,9 @@ def write_reliability(trials: list[dict[str, Any]], path: Path, command: str = "
         "A cut link is the destination's port on the lab switch going down (no RST, no FIN).",
         "",
         "| fault / phase | trials | completed | VM running at end | memory intact | leftovers | "
-        "recovered (post-copy) | strike to completion, median (max) | outcome |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "recovered (post-copy) | strike to completion, median (max) | link back to recovered, median (max) "
+        "| outcome |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cid, ts in cells.items():
         n = len(ts)
@@ -279,12 +302,12 @@ def write_reliability(trials: list[dict[str, Any]], path: Path, command: str = "
         bad_mem = sum(t["memory_intact"] is False for t in ts)
         left = sum(len(t["leftovers"]) for t in ts)
         rec = sum(t.get("recovered", 0) > 0 for t in ts)
-        rs = sorted(t["recover_s"] for t in ts if t.get("recover_s") is not None)
-        rtime = f"{rs[len(rs) // 2]:.1f} s ({rs[-1]:.1f} s)" if rs else "-"
+        rtime = _median_max([t.get("recover_s") for t in ts])
+        back = _median_max([t.get("link_back_to_recovered_s") for t in ts])
         outcome = "; ".join(sorted({str(t.get("on") or "-") + ": " + str(t["status"]) for t in ts}))
         mem = f"{intact}/{n}" + (f" (**{bad_mem} mismatches**)" if bad_mem else "")
         lines.append(
-            f"| {cid} | {n} | {done} | {running}/{n} | {mem} | {left} | {rec} | {rtime} | {outcome} |"
+            f"| {cid} | {n} | {done} | {running}/{n} | {mem} | {left} | {rec} | {rtime} | {back} | {outcome} |"
         )
     lines += ["", "## Unrecoverable cases, and why", ""]
     for cid, why in WHY_UNRECOVERABLE.items():

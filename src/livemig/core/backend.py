@@ -168,6 +168,11 @@ class Backend(Protocol):
         """Reconnect both paused sides; confirmed by status events."""
         ...
 
+    async def abort_resume(self) -> bool:
+        """Withdraw a resume whose connection is not answered (a dead link), so that the
+        source goes back to postcopy-paused; False if this backend cannot."""
+        ...
+
     async def tune(
         self,
         *,

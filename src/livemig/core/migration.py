@@ -114,9 +114,12 @@ class Migration:
         self._watchdog = Watchdog(self.options.stall_timeout_s)
         self._cancel_is_failure = False
         self._cancel_sent = False  # then the destination's "failed" (its stream ended) is expected
-        self._reconnect = Reconnect(backend, self.sides, self.log, self.options.recover_attempt_s)
+        self._reconnect = Reconnect(
+            backend, self.sides, self.log, self.options.recover_attempt_s, self.options.recover_connect_s
+        )
         self._dst_resumed = False
         self._failure: str | None = None
+        self._state_callbacks: list[Callable[[MigrationState, str], None]] = []
         self._failure_phase: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tunings: list[dict[str, Any]] = []  # operators' changes while it ran
@@ -173,6 +176,11 @@ class Migration:
         """Call ``callback(event)`` for every later event (in the event loop's thread)."""
         self.bus.on(callback)
 
+    def on_state(self, callback: Callable[[MigrationState, str], None]) -> None:
+        """Call ``callback(state, why)`` after every change of state (in the event loop's
+        thread): a caller's record of where the migration stands follows it exactly."""
+        self._state_callbacks.append(callback)
+
     def events(self) -> AsyncIterator[MigrationEvent]:
         """Every event from the start (history first), then live ones, until the end."""
         return self.bus.subscribe()
@@ -194,6 +202,11 @@ class Migration:
     async def _set_state(self, new: MigrationState, why: str) -> None:
         if self._sm.to(new, why):
             self.log.info("state %s (%s)", new, why)
+            for callback in self._state_callbacks:
+                try:
+                    callback(new, why)
+                except Exception:
+                    self.log.exception("a state callback failed")
         if new in TERMINAL:
             self.bus.close()
         await self._notify()
@@ -727,7 +740,7 @@ class Migration:
                 self._watchdog.reset()
                 self._reconnect.asked.clear()
                 return True
-        if self.sides.get("src") in RESUMING:
+        if self.sides.get("src") in RESUMING and not await self._reconnect.withdraw():
             stats.left_connecting = True
             self.log.warning(
                 "recovery deadline (%gs) passed with the source's resume still connecting: "

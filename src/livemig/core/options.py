@@ -46,6 +46,9 @@ class MigrationOptions:
     recover: bool = True
     recover_deadline_s: float = 120.0
     recover_attempt_s: float = 10.0
+    # A resume whose connection is not answered within this is withdrawn (where the
+    # backend can) and tried again: a link that comes back is used within seconds.
+    recover_connect_s: float = 2.0
     # Self-announce of the destination (RARPs from each NIC's MAC, so that switches learn
     # the VM's new port): QEMU's migration parameters, set on the destination.
     announce: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_ANNOUNCE))

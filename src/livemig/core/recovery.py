@@ -21,7 +21,9 @@ from livemig.errors import LivemigError
 
 __all__ = ["PAUSED", "RESUMING", "RUNNING_AGAIN", "Backoff", "Reconnect", "RecoveryStats", "Watchdog"]
 
-RESUMING: Final = frozenset({"postcopy-recover-setup", "postcopy-recover"})
+CONNECTING: Final = "postcopy-recover-setup"  # the source's resume waits for its connection
+CONNECTED: Final = frozenset({"postcopy-recover"})  # connected: the two sides handshake
+RESUMING: Final = frozenset({CONNECTING}) | CONNECTED
 PAUSED: Final = frozenset({"postcopy-paused"})
 RUNNING_AGAIN: Final = frozenset({"postcopy-active", "completed"})
 
@@ -29,11 +31,13 @@ RUNNING_AGAIN: Final = frozenset({"postcopy-active", "completed"})
 @dataclass(frozen=True)
 class Backoff:
     """Waits before attempts 2, 3, ...: ``first_s`` doubling up to ``max_s``; no attempt
-    starts after ``deadline_s`` (counted from the pause)."""
+    starts after ``deadline_s`` (counted from the pause). An attempt over a dead link
+    ends after its connect timeout, so a link that comes back is tried within about
+    ``max_s`` plus that timeout."""
 
     deadline_s: float = 120.0
     first_s: float = 0.5
-    max_s: float = 8.0
+    max_s: float = 2.0
 
     def waits(self) -> Iterator[float]:
         wait = 0.0
@@ -108,6 +112,7 @@ class Reconnect:
     sides: Sides
     log: logging.Logger
     attempt_s: float
+    connect_s: float = 2.0  # an unanswered resume is withdrawn after this, where possible
     asked: set[str] = field(default_factory=set)  # sides asked to pause since the last recovery
 
     async def pause_side(self, side: Side) -> None:
@@ -126,9 +131,9 @@ class Reconnect:
         if src in RUNNING_AGAIN:
             return True  # an earlier attempt's connection went through after all
         if src in RESUMING:
-            # A resume is still connecting (a cut link: SYNs are retried for minutes). That
-            # cannot be paused, so wait for it to connect or to fail.
-            st = await self.sides.wait("src", RUNNING_AGAIN, PAUSED | {"failed"}, self.attempt_s)
+            # An earlier resume is still under way (over a cut link, its SYNs are retried
+            # for minutes): let it finish, or withdraw it.
+            st = await self._settle()
             if st in RUNNING_AGAIN:
                 return True
             if st not in PAUSED:
@@ -140,5 +145,29 @@ class Reconnect:
         if self.sides.get("src") not in PAUSED:
             return False
         await self.backend.recover(self.attempt_s)
-        st = await self.sides.wait("src", RUNNING_AGAIN, PAUSED | {"failed"}, self.attempt_s)
-        return st in RUNNING_AGAIN
+        return await self._settle() in RUNNING_AGAIN
+
+    async def _settle(self) -> str | None:
+        """The source's resume, to its end. Connected (``postcopy-recover``), it gets
+        ``attempt_s`` to run again; still connecting after ``connect_s``, it is withdrawn
+        where the backend can (the source goes back to paused), else waited for."""
+        end = PAUSED | {"failed"}
+        st = await self.sides.wait("src", RUNNING_AGAIN | CONNECTED, end, self.connect_s)
+        if st == CONNECTING:
+            if await self.withdraw():
+                return self.sides.get("src")  # paused again: the next attempt may start
+            wait = max(self.attempt_s - self.connect_s, 0.0)
+            st = await self.sides.wait("src", RUNNING_AGAIN | CONNECTED, end, wait)
+        if st in CONNECTED:
+            st = await self.sides.wait("src", RUNNING_AGAIN, end, self.attempt_s)
+        return st
+
+    async def withdraw(self) -> bool:
+        """Withdraw a resume that is still connecting; True once the source is paused again."""
+        try:
+            if not await self.backend.abort_resume():
+                return False
+        except LivemigError as exc:
+            self.log.warning("could not withdraw the connecting resume: %s", exc)
+            return False
+        return await self.sides.wait("src", PAUSED, frozenset({"failed"}), 5.0) in PAUSED

@@ -19,7 +19,7 @@ class Sides:
 
     def __init__(self, changed: asyncio.Condition, ended: Callable[[], bool], log: logging.Logger) -> None:
         self._status: dict[str, str] = {}
-        self._seq = 0
+        self._seq: dict[str, int] = {}  # statuses pushed so far, per side
         self._changed = changed
         self._ended = ended
         self.log = log
@@ -32,16 +32,16 @@ class Sides:
 
     def update(self, side: Side, status: str) -> None:
         self._status[side] = status
-        self._seq += 1
+        self._seq[side] = self._seq.get(side, 0) + 1
 
     async def wait(self, side: Side, ok: frozenset[str], bad: frozenset[str], timeout: float) -> str | None:
         """Wait for ``side``'s next status in ``ok`` or ``bad`` (or one in ``ok`` now);
         returns the status then (which may be neither, after ``timeout``)."""
-        seq, want = self._seq, ok | bad
+        seq, want = self._seq.get(side, 0), ok | bad
 
         def reached() -> bool:
             st = self._status.get(side)
-            return st in ok or (self._seq > seq and st in want) or self._ended()
+            return st in ok or (self._seq.get(side, 0) > seq and st in want) or self._ended()
 
         try:
             async with asyncio.timeout(timeout), self._changed:

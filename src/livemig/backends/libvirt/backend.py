@@ -436,6 +436,10 @@ class LibvirtBackend:
         if done and (err := mig.error()) is not None:
             raise MigrationFailed(f"post-copy resume refused: {err.message}")
 
+    async def abort_resume(self) -> bool:
+        """libvirt's resume call owns its connection: nothing to withdraw from outside."""
+        return False
+
     async def tune(
         self,
         *,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from qemu.qmp import EventListener
 
+from livemig.backends.qemu.connects import abort_connects
 from livemig.backends.qemu.models import (
     WATCHED,
     parse_capabilities,
@@ -42,9 +43,13 @@ class Endpoint:
     monitor: Monitor
     version: tuple[int, int, int]
     accel: str = "tcg"
+    pid: int | None = None  # the QEMU's process, when known: lets a stuck resume be withdrawn
 
     def __repr__(self) -> str:
-        return f"<Endpoint {self.side} {self.monitor!r} {'.'.join(map(str, self.version))} {self.accel}>"
+        return (
+            f"<Endpoint {self.side} {self.monitor!r} {'.'.join(map(str, self.version))} {self.accel}"
+            f" pid={self.pid}>"
+        )
 
 
 def _free_port_hint() -> int:
@@ -68,6 +73,7 @@ class QemuBackend:
         self.accel = src.accel
         self.log = log.getChild(name)
         self._recover_port: int | None = None  # the destination's recovery listener, once up
+        self._resume_to: tuple[str, int] | None = None  # where the source's last resume connects
         self._listeners: list[tuple[Monitor, EventListener]] = []
         self._pumps: list[asyncio.Task[None]] = []
 
@@ -148,7 +154,19 @@ class QemuBackend:
         except TimeoutError:
             raise MigrationFailed("migrate-recover got no answer") from None
         self.log.info("recovery: resuming over %s", uri)
+        host = uri.split(":", 1)[1].rsplit(":", 1)[0]
+        self._resume_to = (host, port)
         await self.src.monitor.execute("migrate", {"uri": uri, "resume": True})
+
+    async def abort_resume(self) -> bool:
+        """Withdraw the source's resume while its connect is unanswered (a dead link): the
+        source goes back to postcopy-paused. False when the source's process is unknown."""
+        if self.src.pid is None or self._resume_to is None:
+            return False
+        host, port = self._resume_to
+        killed = await abort_connects(self.src.pid, host, port)
+        self.log.info("recovery: withdrew the resume to %s:%d (%d unanswered connect(s))", host, port, killed)
+        return killed > 0
 
     async def tune(
         self,
