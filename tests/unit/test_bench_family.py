@@ -103,9 +103,12 @@ def test_how_long_a_bench_takes() -> None:
     lv = cells_for(["libvirt-idle/libvirt/precopy"])[0]
     assert idle.estimate_s == pytest.approx(7 + 2 + 512 * 2**20 / 25e6)  # boot + warm-up + RAM at 200 mbit
     assert fast.estimate_s < idle.estimate_s < lv.estimate_s  # a faster link; libvirt's daemons
-    assert _left([], [idle], 10) == "  (about 5 min left, estimated)"
-    assert _left([20.0, 70.0, 30.0], [idle], 10) == "  (about 7 min left)"  # the mean so far: 40 s a run
-    assert _left([20.0], [idle], 2) == ""  # under a minute: nothing to say
+    assert _left([], [idle] * 10) == "  (about 5 min left, estimated)"
+    # the runs so far took twice their estimate: so will the rest, each cell by its own
+    done = [(fast, 2 * fast.estimate_s), (idle, 2 * idle.estimate_s)]
+    assert _left(done, [idle] * 10) == f"  (about {2 * 10 * idle.estimate_s / 60:.0f} min left)"
+    assert _left(done, [fast] * 10) == f"  (about {2 * 10 * fast.estimate_s / 60:.0f} min left)"
+    assert _left([(idle, 20.0)], [fast]) == ""  # under a minute: nothing to say
 
 
 def test_plans_error_is_the_median_over_completed_runs() -> None:

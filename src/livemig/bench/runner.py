@@ -231,7 +231,7 @@ def run_bench(
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     total, k = len(cells) * repeats, 0
-    took: list[float] = []  # each run's wall time so far
+    took: list[tuple[Cell, float]] = []  # each run so far, with its wall time
     try:
         for r in range(1, repeats + 1):
             for cell in cells:
@@ -243,7 +243,8 @@ def run_bench(
                     lab.shape(shaping)
                 if lab.plan.wmem_max.get("src") != cell.wmem_max:
                     lab.set_wmem_max("src", cell.wmem_max)
-                say(f"[{k}/{total}] {cell.id} repeat {r} ...{_left(took, cells, total - k + 1)}")
+                left = cells[cells.index(cell) :] + cells * (repeats - r)
+                say(f"[{k}/{total}] {cell.id} repeat {r} ...{_left(took, left)}")
                 began = time.monotonic()
                 try:
                     result = run_once(cell, r, reg)
@@ -251,7 +252,7 @@ def run_bench(
                     log.warning("%s repeat %d: %s", cell.id, r, exc)
                     result = {"cell": cell.to_dict(), "dimensions": {"cell": cell.id, "repeat": r},
                               "error": str(exc), "metrics": [_metric("completed", 0, "bool")]}  # fmt: skip
-                took.append(time.monotonic() - began)
+                took.append((cell, time.monotonic() - began))
                 path = _result_path(out_dir, cell, r)
                 path.write_text(json.dumps(result, indent=1))
                 written.append(path)
@@ -269,11 +270,11 @@ def run_bench(
     return written
 
 
-def _left(took: list[float], cells: list[Cell], runs: int) -> str:
-    """What is left, from the runs so far (their mean: a sum of runs, long ones included),
-    or the cells' estimate before any."""
-    per = statistics.fmean(took) if took else statistics.fmean(c.estimate_s for c in cells)
-    left = per * runs
+def _left(took: list[tuple[Cell, float]], runs: list[Cell]) -> str:
+    """What is left of ``runs`` (pure): their estimates, scaled by how the runs so far
+    compared with theirs (a family's cells differ: the fast ones often come first)."""
+    scale = sum(t for _, t in took) / sum(c.estimate_s for c, _ in took) if took else 1.0
+    left = scale * sum(c.estimate_s for c in runs)
     return f"  (about {left / 60:.0f} min left{'' if took else ', estimated'})" if left >= 60 else ""
 
 
