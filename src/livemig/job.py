@@ -134,11 +134,15 @@ class MigrationJob:
         dst_inst = await spawn_owned(
             QemuInstance.spawn, qemu, rec.spec, rec.instance.accel, reg.root, True, dst_netns, 10.0, launch
         )
-        rec.migration = MigrationRecord(
-            "setup", os.getpid(), dst_inst, policy=str(self.options.policy), started=time.time(),
-            to_host=self.to_host, address=self.options.address, preempt=self.options.preempt, link=link,
-        )  # fmt: skip
-        reg.save(rec)
+        try:  # until it is recorded, nobody else can end it (^C, SIGTERM may strike here)
+            rec.migration = MigrationRecord(
+                "setup", os.getpid(), dst_inst, policy=str(self.options.policy), started=time.time(),
+                to_host=self.to_host, address=self.options.address, preempt=self.options.preempt, link=link,
+            )  # fmt: skip
+            reg.save(rec)
+        except BaseException:
+            dst_inst.kill()
+            raise
         return await self._drive(rec, dst_inst, link, attach=False)
 
     async def attach(self, recover_deadline_s: float | None = None) -> MigrationReport:

@@ -61,8 +61,12 @@ async def astart_vm(
             old.instance.remove_files()
         netns = Lab.load(reg.root).host(host).netns if host is not None else None
         inst = await spawn_owned(QemuInstance.spawn, qemu, spec, accel, reg.root, False, netns)
-        rec = VMRecord(spec.name, spec, inst, host=host)
-        reg.create(rec)
+        try:  # until it is recorded, nobody else can end it (^C, SIGTERM may strike here)
+            rec = VMRecord(spec.name, spec, inst, host=host)
+            reg.create(rec)
+        except BaseException:
+            inst.kill()
+            raise
     if wait and spec.heartbeat:  # only livemig's guest image says when it is ready
         try:
             await asyncio.to_thread(inst.wait_guest_ready)

@@ -5,15 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from livemig.bench.faults import FAULTS, WHY_UNRECOVERABLE, write_reliability
+from livemig.bench.faults import FAULTS, FLAP, WHY_UNRECOVERABLE, write_reliability
 
 
 def test_the_matrix_covers_every_fault_in_every_phase() -> None:
     ids = [f.id for f in FAULTS]
-    assert len(ids) == len(set(ids)) == 18
+    assert len(ids) == len(set(ids)) == 28
     for phase in ("precopy", "switchover", "postcopy"):
-        for what in ("link-down-2s", "link-down-5s", "link-down-30s", "kill-dst", "kill-src", "kill-livemig"):
+        for what in ("link-down-2s", "link-down-5s", "link-down-30s", "kill-dst", "kill-src", "kill-livemig",
+                     "flap", "stop-src", "stop-dst"):  # fmt: skip
             assert f"{what}/{phase}" in ids
+    assert "kill-livemig-recovering/postcopy" in ids
+
+
+def test_a_flapping_link_is_three_cuts_of_2_to_6_s_within_30_s() -> None:
+    assert len(FLAP) == 3 and all(2.0 <= down <= 6.0 for down, _ in FLAP)
+    assert sum(down + up for down, up in FLAP) <= 30.0
 
 
 def _trial(fault: str, **kw: Any) -> dict[str, Any]:

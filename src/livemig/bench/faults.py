@@ -49,7 +49,13 @@ LINK: Final = "100mbit"
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # link | kill-dst | kill-src | kill-livemig
+    """One cell of the matrix. Kinds: ``link`` (cut for ``outage_s``), ``flap`` (cuts
+    of :data:`FLAP`), ``kill-dst`` / ``kill-src`` / ``kill-livemig`` (SIGKILL),
+    ``kill-livemig-recovering`` (livemig killed while it recovers a cut link; the next
+    command takes over), ``stop-src`` / ``stop-dst`` (the QEMU hung: SIGSTOP, SIGCONT
+    after :data:`HUNG_S`)."""
+
+    kind: str
     phase: str
     outage_s: float = 0.0
 
@@ -59,9 +65,16 @@ class Fault:
         return f"{what}/{self.phase}"
 
 
-FAULTS: Final = [Fault("link", p, s) for s in (2.0, 5.0, 30.0) for p in PHASES] + [
-    Fault(k, p) for k in ("kill-dst", "kill-src", "kill-livemig") for p in PHASES
-]
+FLAP: Final = ((3.0, 4.0), (5.0, 4.0), (2.0, 0.0))  # three cuts within 30 s: (down s, then up s)
+HUNG_S: Final = 10.0
+FAULTS: Final = (
+    [Fault("link", p, s) for s in (2.0, 5.0, 30.0) for p in PHASES]
+    + [Fault(k, p) for k in ("kill-dst", "kill-src", "kill-livemig") for p in PHASES]
+    + [Fault("flap", p) for p in PHASES]
+    + [Fault("kill-livemig-recovering", "postcopy")]
+    + [Fault(k, p) for k in ("stop-src", "stop-dst") for p in PHASES]
+)
+TAKES_OVER: Final = ("kill-livemig", "kill-livemig-recovering")  # a second command ends the migration
 
 
 def _livemig(*args: str) -> subprocess.Popen[str]:
@@ -118,18 +131,44 @@ def _inject(
     time.sleep(delay)
     struck = time.time()
     rec = reg.load(name)
-    if fault.kind == "link":
-        lab.set_link("dst", up=False)
-        time.sleep(fault.outage_s)
-        lab.set_link("dst", up=True)
-        restored.append(time.time())
-    elif fault.kind in ("kill-dst", "kill-src"):
-        target = rec.instance if fault.kind == "kill-src" else rec.migration.dst if rec.migration else None
-        if target is not None and target.alive():  # its start time guards against a reused PID
+    if fault.kind in ("link", "flap"):
+        for down_s, up_s in ((fault.outage_s, 0.0),) if fault.kind == "link" else FLAP:
+            lab.set_link("dst", up=False)
+            time.sleep(down_s)
+            lab.set_link("dst", up=True)
+            restored.append(time.time())
+            time.sleep(up_s)
+    elif fault.kind in ("kill-dst", "kill-src", "stop-dst", "stop-src"):
+        target = rec.instance if fault.kind.endswith("src") else rec.migration.dst if rec.migration else None
+        if target is None or not target.alive():  # its start time guards against a reused PID
+            pass
+        elif fault.kind.startswith("stop"):
+            _hang(target.pid, HUNG_S)
+        else:
             os.kill(target.pid, signal.SIGKILL)
     elif fault.kind == "kill-livemig":
         proc.send_signal(signal.SIGKILL)
+    elif fault.kind == "kill-livemig-recovering":
+        lab.set_link("dst", up=False)
+        try:
+            _wait_event(reg, name, "postcopy-paused", 60.0)
+            time.sleep(1.0)  # the first resume is connecting over the cut link
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            time.sleep(2.0)
+            lab.set_link("dst", up=True)
+            restored.append(time.time())
     return struck
+
+
+def _hang(pid: int, seconds: float) -> None:
+    """The QEMU hangs: SIGSTOP, then SIGCONT after ``seconds`` (always, even if interrupted)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def _back_to_recovered(report: dict[str, Any] | None, restored: list[float]) -> float | None:
@@ -167,7 +206,7 @@ def run_trial(
         t.start()
         stdout, stderr = proc.communicate(timeout=300)
         t.join(timeout=120)
-        if fault.kind == "kill-livemig" and struck[0] is not None:
+        if fault.kind in TAKES_OVER and struck[0] is not None:
             proc = _livemig("migrate", name, "--json", "--quiet")  # the next command takes it over
             stdout, stderr = proc.communicate(timeout=300)
         done = time.time()
