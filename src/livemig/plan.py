@@ -3,8 +3,11 @@
 takes the link's rate, then predicts per policy what a migration would cost, and what
 ``auto`` would decide, by running the auto policy itself on the predicted passes.
 
-The model (pure, :func:`predict`): the first pass sends the guest's memory (``ram``, an
-upper bound: zero pages cost almost nothing); each later pass sends what the one before
+The model (pure, :func:`predict`): the first pass sends the guest's memory that is not
+zero: QEMU sends a zero page as a flag, and a page the guest never touched is not even
+resident, so the first pass is the resident part of the guest-RAM mapping of the source
+QEMU (``/proc/PID/smaps``; the whole ``ram`` where that cannot be read, an upper bound:
+the first model used it and over-estimated idle guests' migrations 4-5x). Each later pass sends what the one before
 left dirty, ``dirty x pass time``, capped by the memory; pre-copy stops when what is left
 fits in the downtime limit at the link's rate. Post-copy's pause is a blackout of tens of
 ms; what the guest then stalls on page faults is not modelled yet (it depends on what the
@@ -24,7 +27,10 @@ from livemig.policy import Action, AutoParams, PassStat, Policy, Progress
 from livemig.policy.auto import QEMU_DEFAULT_LIMIT_MS, decide_auto, initial_limit_ms
 from livemig.qemu.monitor import Monitor
 
-__all__ = ["Measurement", "Prediction", "measure_dirty_rate", "predict", "predict_policy"]
+__all__ = [
+    "Measurement", "Prediction", "guest_resident_bytes", "measure_dirty_rate", "predict", "predict_policy",
+    "resident_of",
+]  # fmt: skip
 
 MAX_PASSES: Final = 60
 POLICIES: Final = ("precopy", "postcopy-now", "postcopy-after:1", "postcopy-after:2", "auto")
@@ -37,6 +43,14 @@ class Measurement:
     dirty_Bps: float
     link_Bps: float
     link_source: str  # where the link's rate came from
+    resident_bytes: int | None = None  # of the guest's RAM, in the source QEMU (None: unknown)
+
+    @property
+    def first_pass_bytes(self) -> float:
+        """What the first pass sends: the resident guest RAM where known, else all of it."""
+        if self.resident_bytes is None or self.resident_bytes <= 0:
+            return float(self.ram_bytes)
+        return float(min(self.ram_bytes, self.resident_bytes))
 
 
 @dataclass(frozen=True)
@@ -57,7 +71,7 @@ def _passes(m: Measurement, limit_ms: float) -> list[tuple[float, float]]:
     """(start time, bytes to send) of each pre-copy pass, until what is left fits in the
     limit or it stops shrinking (at most MAX_PASSES)."""
     out: list[tuple[float, float]] = []
-    t, left = 0.0, float(m.ram_bytes)
+    t, left = 0.0, m.first_pass_bytes
     for _ in range(MAX_PASSES):
         out.append((t, left))
         if left <= m.link_Bps * limit_ms / 1000.0 and len(out) > 1:
@@ -87,7 +101,7 @@ def _precopy(m: Measurement, limit_ms: float, name: str) -> Prediction:
 
 def _postcopy(m: Measurement, after: int, name: str) -> Prediction:
     passes = _passes(m, 0.0)[: after + 1]
-    t_switch, left = passes[-1] if after else (0.0, float(m.ram_bytes))
+    t_switch, left = passes[-1] if after else (0.0, m.first_pass_bytes)
     sent = sum(b for _, b in passes[:-1]) + left
     return Prediction(name, True, after, None, round(t_switch + left / m.link_Bps, 2), int(sent),
                       f"switches after {after} pass(es); {left / MIB:.0f} MiB then arrive on demand and in the "
@@ -155,6 +169,30 @@ def predict_policy(
         return Prediction(p.policy, False, p.passes, None, None, None,
                           f"would converge after {p.total_s:.0f} s, past its {policy.timeout_s:g} s timeout")  # fmt: skip
     return p
+
+
+def resident_of(smaps: str, ram_bytes: int) -> int | None:
+    """The resident bytes of the mappings in ``smaps`` (``/proc/PID/smaps``' text) whose
+    size is the guest's RAM exactly (QEMU maps guest RAM as one block; its TCG code buffer
+    and heap are other sizes); None if there is none (pure)."""
+    size_kb = ram_bytes // 1024
+    resident, found, current = 0, False, -1
+    for line in smaps.splitlines():
+        key, _, rest = line.partition(":")
+        if key == "Size":
+            current = int(rest.split()[0])
+        elif key == "Rss" and current == size_kb:
+            resident += int(rest.split()[0]) * 1024
+            found = True
+    return resident if found else None
+
+
+def guest_resident_bytes(pid: int, ram_bytes: int) -> int | None:
+    """The resident part of QEMU ``pid``'s guest RAM; None if it cannot be read."""
+    try:
+        return resident_of(Path(f"/proc/{pid}/smaps").read_text(), ram_bytes)
+    except (OSError, ValueError):
+        return None
 
 
 SAMPLE_PAGES: Final = 4096

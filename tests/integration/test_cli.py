@@ -166,6 +166,8 @@ def test_plan_predicts_every_policy_and_leaves_the_vm_as_it_was(vms: VMFactory) 
     # the guest writes 8 MiB/s; QEMU hashes 1024 of its 65536 pages, of which 1/32 change
     # in the 1 s window: about 32 hits, so the reading falls well inside a factor of 2
     assert 4 << 20 < measured["dirty_Bps"] < 16 << 20
+    # the first pass: what the guest touched of its RAM (its 32 MiB region at least), from /proc
+    assert 32 << 20 <= measured["resident_bytes"] < 256 << 20
     assert plan["auto"] and plan["auto"][0].startswith("pass 1:")
     # the VM is as it was: running, same QEMU, no migration recorded or under way in QEMU
     rec = vms.record()

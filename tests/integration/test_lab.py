@@ -168,6 +168,7 @@ def test_a_bench_run_records_plans_prediction_beside_the_measurement(lab_env: Pa
     assert result["report"]["status"] == "completed", result["report"]["error"]
     plan = result["plan"]
     assert plan["measured"]["ram_bytes"] == 512 << 20  # QEMU's figure for the cell's guest
+    assert 64 << 20 <= plan["measured"]["resident_bytes"] < 512 << 20  # it writes 64 MiB of it
     assert 2 << 20 < plan["measured"]["dirty_Bps"] < 10 << 20  # the guest writes 5 MiB/s
     assert plan["prediction"]["policy"] == "precopy:timeout=60" and plan["prediction"]["converges"]
     metrics = {m["name"]: m["value"] for m in result["metrics"]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from livemig.errors import UsageError
-from livemig.plan import POLICIES, Measurement, predict, predict_policy
+from livemig.plan import POLICIES, Measurement, predict, predict_policy, resident_of
 from livemig.policy import parse_policy
 
 MiB = 1 << 20
@@ -76,3 +76,32 @@ def test_a_runs_error_against_plan() -> None:
     assert got == {"plan_total_error": 0.25, "plan_pause_error": 0.5}  # |10 - 8| / 8, |300 - 200| / 200
     assert {m["value"] for m in plan_errors(plan, rep("cancelled"))} == {None}  # not a result
     assert {m["value"] for m in plan_errors(None, rep("completed"))} == {None}  # no prediction recorded
+
+
+def test_the_first_pass_is_the_resident_guest_memory_when_known() -> None:
+    """An idle 512 MiB guest that touched 100 MiB: QEMU's first pass sends those 100 MiB
+    (zero pages are a flag); more resident than RAM (a rounding) is capped by the RAM."""
+    p = by_policy(Measurement(512 * MiB, 0.0, 25 * MiB, "test", resident_bytes=100 * MiB))
+    assert p["precopy"].total_s == pytest.approx(4.0, abs=0.01)  # type: ignore[attr-defined]
+    assert p["postcopy-now"].bytes == 100 * MiB  # type: ignore[attr-defined]
+    assert Measurement(64 * MiB, 0.0, 1.0, "t", resident_bytes=65 * MiB).first_pass_bytes == 64 * MiB
+    assert Measurement(64 * MiB, 0.0, 1.0, "t", resident_bytes=None).first_pass_bytes == 64 * MiB
+
+
+SMAPS = """\
+55d0c0000000-55d0c0800000 rw-p 00000000 00:00 0                          [heap]
+Size:               8192 kB
+Rss:                4096 kB
+7f841fe00000-7f843fe00000 rw-p 00000000 00:00 0
+Size:             524288 kB
+KernelPageSize:        4 kB
+Rss:              364544 kB
+7f8448000000-7f8487fff000 rwxp 00000000 00:00 0
+Size:            1048572 kB
+Rss:               55296 kB
+"""
+
+
+def test_the_resident_guest_memory_is_read_from_the_mapping_of_its_size() -> None:
+    assert resident_of(SMAPS, 512 * MiB) == 364544 * 1024  # not the heap, not TCG's code buffer
+    assert resident_of(SMAPS, 256 * MiB) is None

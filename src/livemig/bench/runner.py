@@ -25,7 +25,7 @@ from livemig.job import MigrationJob
 from livemig.lab import Lab, Shaping
 from livemig.lab.plan import guest_ip
 from livemig.observe.poller import StatusPoller, poll_latencies
-from livemig.plan import Measurement, measure_dirty_rate, predict_policy
+from livemig.plan import Measurement, guest_resident_bytes, measure_dirty_rate, predict_policy
 from livemig.policy import parse_policy
 from livemig.registry import Registry
 from livemig.spec import Nic, VMSpec
@@ -159,9 +159,10 @@ async def _migrate(
 def _predict(cell: Cell, reg: Registry, name: str) -> dict[str, Any]:
     """``livemig plan`` for this run, measured during its warm-up: the guest's dirty rate
     over the warm-up, the cell's link rate, the cell's policy."""
-    qmp = reg.load(name).instance.paths.qmp_aux
-    ram, dirty = asyncio.run(measure_dirty_rate(name, qmp, max(1, round(cell.warmup_s))))
-    m = Measurement(ram, dirty, float(parse_rate(cell.bandwidth)), f"cell link {cell.bandwidth}")
+    inst = reg.load(name).instance
+    ram, dirty = asyncio.run(measure_dirty_rate(name, inst.paths.qmp_aux, max(1, round(cell.warmup_s))))
+    m = Measurement(ram, dirty, float(parse_rate(cell.bandwidth)), f"cell link {cell.bandwidth}",
+                    guest_resident_bytes(inst.pid, ram))  # fmt: skip
     p = predict_policy(m, parse_policy(cell.policy))
     return {"measured": asdict(m), "prediction": p.to_dict() if p else None}
 
