@@ -64,8 +64,12 @@ class MigrationJob:
         control: bool = True,
         heartbeat_log: Path | None = None,
         bus: EventBus | None = None,
+        observe_before_s: float = 0.0,
     ) -> None:
         self.name = name
+        # heartbeats read this long before the migration starts: the guest's progress rate
+        # before it, which the report's brownout compares with the rate during it
+        self.observe_before_s = observe_before_s
         self.log = log.getChild(name)
         self.options = options or MigrationOptions()
         self.registry = registry or Registry()
@@ -212,6 +216,8 @@ class MigrationJob:
                 await server.start()
             if probe is not None:
                 await probe.start()
+            if readers and not attach and self.observe_before_s > 0:
+                await asyncio.sleep(self.observe_before_s)
             t0 = time.time()
             report = await (mig.attach(previous) if attach else mig.run())
             await self._observe(report, rec, readers, probe, t0)

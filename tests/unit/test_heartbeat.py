@@ -128,3 +128,15 @@ def test_no_brownout_without_work_or_history() -> None:
     assert brownout(_working([(0.004, 1000), (5, 1000)]), 0.004, 5.0) is None  # no beats before the start
     old = [Beat(i, i * 5_000_000, i * 0.005, "src") for i in range(4000)]  # a guest without the counter
     assert brownout(old, 10.0, 20.0) is None
+
+
+def test_a_backlog_read_in_one_batch_gives_no_absurd_rate() -> None:
+    """A reader that connects just before the migration reads the guest's buffered beats at
+    once: their host times are the same instant. The rate before is taken on the guest's
+    clock; under half a second of it gives no brownout rather than billions a second."""
+    backlog = [Beat(i, int(i * 5e6), 9.999, "src", i * 5) for i in range(40)]  # 0.2 s of beats, one read
+    live = _working([(5, 1000)], start=10.0)
+    assert brownout(backlog + live, 10.0, 15.0) is None
+    long_backlog = [Beat(i, int(i * 5e6), 9.999, "src", i * 5) for i in range(400)]  # 2 s at 1000/s
+    b = brownout(long_backlog + live, 10.0, 15.0)
+    assert b is not None and b["per_s_before"] == pytest.approx(1000, rel=0.01)

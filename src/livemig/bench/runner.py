@@ -138,10 +138,13 @@ def migration_ms(events: list[dict[str, Any]]) -> float | None:
     return round((end - start) * 1000, 1) if start is not None and end is not None else None
 
 
+OBSERVE_BEFORE_S = 2.0  # the guest's progress rate before each migration (the brownout's baseline)
+
+
 async def _migrate(
     name: str, opts: MigrationOptions, reg: Registry, poll: bool
 ) -> tuple[MigrationReport, Any]:
-    job = MigrationJob(name, opts, reg, to_host="dst", control=False)
+    job = MigrationJob(name, opts, reg, to_host="dst", control=False, observe_before_s=OBSERVE_BEFORE_S)
     poller = StatusPoller(name, reg.load(name).instance.paths.qmp_aux) if poll else None
     if poller is not None:
         await poller.start()

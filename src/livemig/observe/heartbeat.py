@@ -144,6 +144,9 @@ def guest_stats(
     )
 
 
+MIN_BEFORE_S = 0.5  # of beats before the migration, for a rate to compare with
+
+
 def brownout(
     beats: Iterable[Beat], start_ts: float, end_ts: float, before_s: float = 10.0, bucket_s: float = 1.0
 ) -> dict[str, Any] | None:
@@ -157,8 +160,12 @@ def brownout(
     during = [b for b in ordered if start_ts <= b.host_ts <= end_ts]
     if len(before) < 2 or not during or end_ts <= start_ts:
         return None
-    span = before[-1].host_ts - before[0].host_ts
-    rate = ((before[-1].work or 0) - (before[0].work or 0)) / span if span > 0 else 0.0
+    # on the guest's clock: beats read in one batch (a backlog at connect) share a host
+    # time, which made a rate of billions a second out of a few ms
+    span = (before[-1].guest_ns - before[0].guest_ns) / 1e9
+    if span < MIN_BEFORE_S:
+        return None
+    rate = ((before[-1].work or 0) - (before[0].work or 0)) / span
     if rate <= 0:
         return None
 
