@@ -183,17 +183,12 @@ class MigrationJob:
             preempt=mig.preempt,
             recover_deadline_s=recover_deadline_s or self.options.recover_deadline_s,
         )
-        previous, mig.owner_pid = mig.state, os.getpid()
+        mig.owner_pid = os.getpid()
         reg.save(rec)
-        return await self._drive(rec, dst_inst, mig.link, attach=True, previous=previous)
+        return await self._drive(rec, dst_inst, mig.link, attach=True)
 
     async def _drive(
-        self,
-        rec: VMRecord,
-        dst_inst: QemuInstance,
-        link: dict[str, Any] | None,
-        attach: bool,
-        previous: str | None = None,
+        self, rec: VMRecord, dst_inst: QemuInstance, link: dict[str, Any] | None, attach: bool
     ) -> MigrationReport:
         src_mon = Monitor(self.name, "src", rec.instance.paths.qmp, self.log.getChild("src"))
         dst_mon = Monitor(self.name, "dst", dst_inst.paths.qmp, self.log.getChild("dst"))
@@ -219,6 +214,8 @@ class MigrationJob:
             if readers and not attach and self.observe_before_s > 0:
                 await asyncio.sleep(self.observe_before_s)
             t0 = time.time()
+            # taking over: the record still holds the state its last manager left it in
+            previous = rec.migration.state if rec.migration else None
             report = await (mig.attach(previous) if attach else mig.run())
             await self._observe(report, rec, readers, probe, t0)
             report.link = link

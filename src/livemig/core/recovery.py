@@ -112,7 +112,7 @@ class Reconnect:
     sides: Sides
     log: logging.Logger
     attempt_s: float
-    connect_s: float = 2.0  # an unanswered resume is withdrawn after this, where possible
+    connect_s: float  # an unanswered resume is withdrawn after this, where possible
     asked: set[str] = field(default_factory=set)  # sides asked to pause since the last recovery
 
     async def pause_side(self, side: Side) -> None:

@@ -140,7 +140,8 @@ class QemuBackend:
         if self.uri is None or not self.uri.startswith("tcp:"):
             raise MigrationFailed(f"cannot recover a migration over {self.uri}: only tcp: URIs")
         port = self._recover_port or _free_port_hint()
-        uri = f"{self.uri.rsplit(':', 1)[0]}:{port}"
+        base = self.uri.rsplit(":", 1)[0]  # tcp:HOST
+        uri = f"{base}:{port}"
         try:
             await asyncio.wait_for(
                 self.dst.monitor.execute("migrate-recover", {"uri": uri}, oob=True), timeout
@@ -154,8 +155,7 @@ class QemuBackend:
         except TimeoutError:
             raise MigrationFailed("migrate-recover got no answer") from None
         self.log.info("recovery: resuming over %s", uri)
-        host = uri.split(":", 1)[1].rsplit(":", 1)[0]
-        self._resume_to = (host, port)
+        self._resume_to = (base.split(":", 1)[1], port)
         await self.src.monitor.execute("migrate", {"uri": uri, "resume": True})
 
     async def abort_resume(self) -> bool:
