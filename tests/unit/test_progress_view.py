@@ -1,8 +1,12 @@
-"""The progress line shows only what was measured (pure)."""
+"""The progress line shows only what was measured (pure), and fits 80 columns."""
 
 from __future__ import annotations
 
-from livemig.cli.progress import progress_view
+import io
+
+from rich.console import Console
+
+from livemig.cli.progress import figures, progress_display, progress_view
 from livemig.core.backend import MigrationInfo
 
 MIB = 1 << 20
@@ -39,3 +43,21 @@ def test_postcopy_left_to_fetch_only_falls_with_percent_and_eta() -> None:
 def test_nothing_before_the_first_sample() -> None:
     v = progress_view([], "setup", 0)
     assert v.left is None and v.percent is None and v.eta_s is None and v.line() == "0 MiB sent, dirty -"
+
+
+def test_the_display_fits_80_columns_with_the_pass_number() -> None:
+    """The widest figures livemig can show (4-digit MiB, a measured dirty rate, a
+    gigabit link, a long decision) on an 80-column terminal: nothing cut, nothing wider."""
+    view = progress_view(
+        [info("active", 1000, 9000, syncs=12, dirty=123.4 * MIB, mbps=1000.0)], "precopy", 12,
+        {"action": "switch", "reason": "policy postcopy-after:1: 1 pre-copy pass(es) done, policy asks for 1"},
+    )  # fmt: skip
+    out = io.StringIO()
+    console = Console(width=80, file=out, force_terminal=False)
+    bar = progress_display(console)
+    bar.add_task("vm", total=100, completed=10, phase=view.phase, pass_=view.passes, figures=figures(view))
+    console.print(bar.get_renderable())
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("precopy   pass 12 ") and "…" not in out.getvalue(), lines
+    assert max(len(line) for line in lines) <= 80, lines
+    assert lines[1].strip() == view.line() and lines[2].strip() == view.decision

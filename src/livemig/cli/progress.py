@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from livemig.core.backend import MigrationInfo
 from livemig.core.migration import Migration
 
-__all__ = ["ProgressView", "Watched", "progress_view", "show_progress"]
+__all__ = ["ProgressView", "Watched", "figures", "progress_display", "progress_view", "show_progress"]
 
 MIB = float(1 << 20)
 
@@ -77,20 +78,40 @@ def progress_view(
     percent = max(0.0, min(100.0, 100.0 * (1 - left / total))) if total else None
     throughput = last.mbps * 1e6 / 8 if last.mbps > 0 else None
     eta = left / throughput if throughput and left else None
-    measured = last.dirty_sync_count >= 2 or last.dirty_rate_Bps > 0  # QEMU measures it at a pass's end
-    dirty = last.dirty_rate_Bps if measured and not last.postcopy else None
+    dirty = last.measured_dirty_rate_Bps
     return ProgressView(phase, passes, last.transferred, left, percent, eta, dirty, throughput, reason)
+
+
+class _ProgressWithFigures(Progress):
+    """rich's Progress, with each task's figures on lines of their own under its bar, so
+    that the bar's row and every figure fit an 80-column terminal."""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            if task.fields.get("figures"):
+                yield Text(task.fields["figures"])
+
+
+def progress_display(console: Console) -> _ProgressWithFigures:
+    """The display: a row with the phase, the pass, a bar and the time elapsed, then the
+    figures and the decision on lines of their own (one task, fields ``phase``,
+    ``pass_`` and ``figures``)."""
+    columns = (
+        TextColumn("[bold]{task.fields[phase]:<9}[/] pass {task.fields[pass_]:>2}"),
+        BarColumn(bar_width=30),
+        TimeElapsedColumn(),
+    )
+    return _ProgressWithFigures(*columns, console=console, transient=True)
+
+
+def figures(view: ProgressView) -> str:
+    return "  " + view.line() + (f"\n  {view.decision}" if view.decision else "")
 
 
 async def show_progress(job: Watched, console: Console, period_s: float = 0.25) -> None:
     """Draw until cancelled. Runs as a task beside ``job.run()``."""
-    columns = (
-        TextColumn("[bold]{task.fields[phase]:<9}[/] pass {task.fields[pass_]:>2}"),
-        BarColumn(bar_width=20),
-        TextColumn("{task.fields[figures]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as bar:
+    with progress_display(console) as bar:
         task = bar.add_task(job.name, total=None, phase="setup", pass_=0, figures="")
         with contextlib.suppress(asyncio.CancelledError):
             while True:
@@ -101,7 +122,6 @@ async def show_progress(job: Watched, console: Console, period_s: float = 0.25) 
                         [s.info for s in mig.loop.timeline], str(mig.state),
                         latest["passes"] if latest else 0, mig.loop.decisions[-1] if mig.loop.decisions else None,
                     )  # fmt: skip
-                    figures = view.line() + (f"\n  {view.decision}" if view.decision else "")
                     bar.update(task, completed=view.percent or 0, total=100 if view.percent is not None else None,
-                               phase=view.phase, pass_=view.passes, figures=figures)  # fmt: skip
+                               phase=view.phase, pass_=view.passes, figures=figures(view))  # fmt: skip
                 await asyncio.sleep(period_s)

@@ -95,6 +95,13 @@ class MigrationInfo:
     def postcopy(self) -> bool:
         return self.status.startswith("postcopy")
 
+    @property
+    def measured_dirty_rate_Bps(self) -> float | None:
+        """The dirty rate, once QEMU has measured one (at a pass's end: before that it
+        reads 0 whatever the guest writes); None in post-copy, where it means nothing."""
+        measured = self.dirty_sync_count >= 2 or self.dirty_rate_Bps > 0
+        return self.dirty_rate_Bps if measured and not self.postcopy else None
+
 
 @dataclass(frozen=True)
 class Negotiated:

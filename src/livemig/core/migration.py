@@ -430,7 +430,7 @@ class Migration:
             "transferred_bytes": last.transferred if last else None,
             "remaining_bytes": last.remaining if last else None,
             "throughput_Bps": round(last.mbps * 1e6 / 8) if last else None,
-            "dirty_rate_Bps": round(last.dirty_rate_Bps) if last else None,
+            "dirty_rate_Bps": round(d) if last and (d := last.measured_dirty_rate_Bps) is not None else None,
             "downtime_limit_ms": self.loop.limit_ms,
             "decision": {"action": decision["action"], "reason": decision["reason"]} if decision else None,
             "tunings": list(self._tunings),
