@@ -136,3 +136,18 @@ def test_the_blackout_without_libvirts_round_trips() -> None:
     assert blackout_net_ms({"blackout_ms": 13.6, "libvirt_handshake_ms": 10.5}) == 3.1
     assert blackout_net_ms({"blackout_ms": 5.4, "libvirt_handshake_ms": None}) == 5.4  # livemig's own QEMUs
     assert blackout_net_ms({"blackout_ms": None, "libvirt_handshake_ms": 7.0}) is None  # nothing stopped
+
+
+def test_blocktime_per_request_and_the_pacing_cells() -> None:
+    from livemig.bench.runner import metrics_of
+    from livemig.core.report import MigrationReport
+
+    def per_request(blocktime: float | None, requests: int | None) -> Any:
+        r = MigrationReport("vm", "completed", "postcopy-after:1", "10.0.2", "tcg", True,
+                            postcopy_blocktime_ms=blocktime, postcopy_requests=requests)  # fmt: skip
+        return {m["name"]: m["value"] for m in metrics_of(r)}["blocktime_per_request_ms"]
+
+    assert per_request(370.0, 100) == 3.7
+    assert per_request(370.0, 0) is None and per_request(None, 10) is None  # no requests, or no statistics
+    caps = {c.id: c.postcopy_bandwidth for c in SCENARIOS["pacing"]}
+    assert caps["pacing/stream/200mbit-cap180mbit"] == "180mbit" and caps["pacing/stream/200mbit"] is None

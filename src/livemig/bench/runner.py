@@ -70,6 +70,7 @@ def metrics_of(report: MigrationReport, poll_ms: dict[str, float] | None = None)
         _metric("bytes_transferred", report.bytes_transferred, "bytes"),
         _metric("postcopy_requests", report.postcopy_requests, "count"),
         _metric("postcopy_blocktime_ms", report.postcopy_blocktime_ms, "ms"),
+        _metric("blocktime_per_request_ms", _per_request(report), "ms"),
         _metric("switched_at_pass", report.switched_at_pass, "passes"),
         _metric("fault_mean_ms", fp.get("mean_ms"), "ms"),
         _metric("fault_p99_ms", fp.get("p99_ms"), "ms"),
@@ -177,7 +178,8 @@ def _migrate_own(
     what a client of the VM saw) unless the cell says not."""
     nics = (Nic("bridge:lmbr0", ip=guest_ip(0)),) if cell.nic else ()
     spec = VMSpec(name, memory_mib=cell.memory_mib, workload=parse_workload(cell.workload), nics=nics)
-    opts = MigrationOptions(policy=parse_policy(cell.policy), preempt=cell.preempt)
+    cap = parse_rate(cell.postcopy_bandwidth) if cell.postcopy_bandwidth else None
+    opts = MigrationOptions(policy=parse_policy(cell.policy), preempt=cell.preempt, postcopy_bandwidth=cap)
     start_vm(spec, reg, host="src")
     plan = None
     try:
@@ -190,6 +192,13 @@ def _migrate_own(
         with contextlib.suppress(LivemigError):
             stop_vm(name, reg)
     return report, poll, plan
+
+
+def _per_request(report: MigrationReport) -> float | None:
+    """QEMU's post-copy blocktime per page request: how long a vCPU waited, on average,
+    for a page it asked for."""
+    bt, n = report.postcopy_blocktime_ms, report.postcopy_requests
+    return round(bt / n, 3) if bt is not None and n else None
 
 
 def run_once(cell: Cell, repeat: int, reg: Registry, name: str = "bench") -> dict[str, Any]:
