@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from livemig.errors import UsageError
-from livemig.plan import POLICIES, Measurement, predict, predict_policy, resident_of
+from livemig.plan import (
+    POLICIES,
+    Measurement,
+    nonzero_bytes,
+    predict,
+    predict_policy,
+    present_runs,
+    ram_ranges,
+    resident_of,
+)
 from livemig.policy import parse_policy
 
 MiB = 1 << 20
@@ -105,3 +116,19 @@ Rss:               55296 kB
 def test_the_resident_guest_memory_is_read_from_the_mapping_of_its_size() -> None:
     assert resident_of(SMAPS, 512 * MiB) == 364544 * 1024  # not the heap, not TCG's code buffer
     assert resident_of(SMAPS, 256 * MiB) is None
+
+
+def test_what_the_first_pass_sends_is_the_present_pages_that_are_not_zero() -> None:
+    """A guest's kernel zeroes the pages it hands out: resident is not sent. The guest-RAM
+    mapping is found by its size; pagemap says which pages are present (bit 63) or
+    swapped (bit 62); a page of zeros costs QEMU a flag, any other byte a whole page."""
+    assert ram_ranges(SMAPS, 512 * MiB) == [(0x7F841FE00000, 0x7F843FE00000)]
+    assert ram_ranges(SMAPS, 256 * MiB) == []
+    present, swapped, absent = 1 << 63, 1 << 62, 0
+    entries = struct.pack("5Q", present | 7, present | 8, absent, swapped, present)
+    assert present_runs(entries, 0x1000) == [(0x1000, 8192), (0x4000, 8192)]
+    assert present_runs(struct.pack("2Q", absent, absent), 0) == []
+    page = 4096
+    data = bytes(page) + b"\x01" + bytes(page - 1) + bytes(page - 1) + b"\xff" + bytes(page)
+    assert nonzero_bytes(data) == 2 * page  # the second and third pages
+    assert nonzero_bytes(b"") == 0 and nonzero_bytes(bytes(3 * page)) == 0
