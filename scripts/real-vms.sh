@@ -36,7 +36,7 @@ $L lab up --bandwidth 200mbit > /dev/null
 $L vm start --spec "$OUT/web.toml" --host src
 where() { $L vm list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["host"])'; }
 for rep in 1 2 3; do
-  for pol in precopy postcopy-now postcopy-after:1 postcopy-after:2 manual; do
+  for pol in precopy postcopy-now postcopy-after:1 postcopy-after:2 manual auto; do
     here=$(where); [ "$here" = src ] && there=dst || there=src
     out="$OUT/${pol//:/_}-$rep.json"
     if [ "$pol" = manual ]; then
@@ -60,14 +60,15 @@ for f in sorted(Path(sys.argv[1]).glob("*-[0-9].json")):
     pol = r["policy"]
     n = r.get("network") or {}
     rows.setdefault(pol, []).append((r["status"], r["blackout_ms"], n.get("max_gap_ms"), n.get("lost"),
-                                     (n.get("announce") or {}).get("first_ms_after_resume"), r["guest"].get("max_stall_ms")))
+                                     (n.get("announce") or {}).get("first_ms_after_resume"), r["guest"].get("max_stall_ms"),
+                                     r["total_time_ms"]))
 def fmt(vals):
     vals = [v for v in vals if v is not None]
     return f"{statistics.median(vals):.0f} ({min(vals):.0f}-{max(vals):.0f})" if vals else "-"
-print("| policy | completed | blackout_ms | network.max_gap_ms | network.lost | announce ms after resume | guest.max_stall_ms |")
-print("|---|---|---|---|---|---|---|")
+print("| policy | completed | blackout_ms | network.max_gap_ms | network.lost | announce ms after resume | guest.max_stall_ms | total_time_ms |")
+print("|---|---|---|---|---|---|---|---|")
 for pol, rs in rows.items():
     ok = sum(r[0] == "completed" for r in rs)
-    cols = [fmt([r[i] for r in rs]) for i in range(1, 6)]
+    cols = [fmt([r[i] for r in rs]) for i in range(1, 7)]
     print(f"| {pol} | {ok}/{len(rs)} | " + " | ".join(cols) + " |")
 P
