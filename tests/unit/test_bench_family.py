@@ -16,7 +16,9 @@ from livemig.errors import UsageError
 
 def test_the_family_runs_in_parts() -> None:
     family = cells_for(["policies"])
-    assert len(family) == len(FAMILY_POLICIES) * 7 * 2  # policies x workloads x links
+    assert len(family) == len(FAMILY_POLICIES) * 8 * 2  # policies x workloads x links
+    assert {c.scenario for c in family if c.disk} == {"policies-realvm", "policies-realvm-1gbit"}
+    assert all(c.nic for c in family)  # on the guest network: the client's gap is measured
     assert all(c.predict for c in family)  # each run records plan's prediction
     assert {c.bandwidth for c in family} == {"200mbit", "1gbit"}
     one = cells_for(["policies-stream"])

@@ -28,7 +28,7 @@ from livemig.observe.poller import StatusPoller, poll_latencies
 from livemig.plan import Measurement, guest_resident_bytes, measure_dirty_rate, predict_policy
 from livemig.policy import parse_policy
 from livemig.registry import Registry
-from livemig.spec import Nic, VMSpec
+from livemig.spec import Disk, Nic, VMSpec
 from livemig.units import parse_duration_ms, parse_rate
 from livemig.vm import start_vm, stop_vm
 
@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+DISK_BYTES = 64 << 20  # a cell's disk (docs/real-vms.md's guest has 64 MiB)
 
 
 def _metric(name: str, value: Any, unit: str) -> dict[str, Any]:
@@ -177,7 +179,15 @@ def _migrate_own(
     """A VM livemig starts itself; on the lab's guest network (the report's `network` says
     what a client of the VM saw) unless the cell says not."""
     nics = (Nic("bridge:lmbr0", ip=guest_ip(0)),) if cell.nic else ()
-    spec = VMSpec(name, memory_mib=cell.memory_mib, workload=parse_workload(cell.workload), nics=nics)
+    disks: tuple[Disk, ...] = ()
+    cmdline = ""
+    if cell.disk:  # shared storage: every lab host sees this machine's file system
+        image = reg.root / "bench-disk.raw"
+        with image.open("wb") as f:
+            f.truncate(DISK_BYTES)
+        disks, cmdline = (Disk(image),), "livemig.diskbeat=vda"
+    spec = VMSpec(name, memory_mib=cell.memory_mib, workload=parse_workload(cell.workload), nics=nics,
+                  disks=disks, cmdline=cmdline)  # fmt: skip
     cap = parse_rate(cell.postcopy_bandwidth) if cell.postcopy_bandwidth else None
     opts = MigrationOptions(policy=parse_policy(cell.policy), preempt=cell.preempt, postcopy_bandwidth=cap)
     start_vm(spec, reg, host="src")

@@ -36,6 +36,7 @@ def bench_list() -> None:
                 f"  {c.id:<36} ~{c.estimate_s:3.0f} s  {c.workload} in {c.memory_mib} MiB, {c.bandwidth}, "
                 f"tbf latency {c.latency}"
                 + (f", post-copy capped at {c.postcopy_bandwidth}" if c.postcopy_bandwidth else "")
+                + (", a disk on shared storage" if c.disk else "")
             )
 
 
