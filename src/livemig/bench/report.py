@@ -24,6 +24,7 @@ KEY_METRICS: dict[str, tuple[str, ...]] = {
     "stream": ("max_stall_ms", "stalls_over_100ms", "blackout_ms", "total_time_ms"),
     "faults": ("fault_mean_ms", "fault_p99_ms", "postcopy_requests", "postcopy_blocktime_ms"),
     "events": ("event_latency_median_ms", "event_latency_max_ms", "poll_latency_mean_ms"),
+    "events-sched": ("event_latency_median_ms", "event_latency_max_ms", "manager_cpu_share", "max_stall_ms"),
     "pacing": (
         "max_stall_ms",
         "blocktime_per_request_ms",

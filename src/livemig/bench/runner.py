@@ -28,6 +28,7 @@ from livemig.observe.poller import StatusPoller, poll_latencies
 from livemig.plan import Measurement, guest_resident_bytes, measure_dirty_rate, predict_policy
 from livemig.policy import parse_policy
 from livemig.registry import Registry
+from livemig.sched import boosted
 from livemig.spec import Disk, Nic, VMSpec
 from livemig.units import parse_duration_ms, parse_rate
 from livemig.vm import start_vm, stop_vm
@@ -145,14 +146,15 @@ OBSERVE_BEFORE_S = 2.0  # the guest's progress rate before each migration (the b
 
 
 async def _migrate(
-    name: str, opts: MigrationOptions, reg: Registry, poll: bool
+    name: str, opts: MigrationOptions, reg: Registry, poll: bool, boost: bool = False
 ) -> tuple[MigrationReport, Any]:
     job = MigrationJob(name, opts, reg, to_host="dst", control=False, observe_before_s=OBSERVE_BEFORE_S)
     poller = StatusPoller(name, reg.load(name).instance.paths.qmp_aux) if poll else None
     if poller is not None:
         await poller.start()
     try:
-        report = await job.run()
+        with boosted() if boost else contextlib.nullcontext():
+            report = await job.run()
     finally:
         if poller is not None:
             await poller.stop()
@@ -197,7 +199,7 @@ def _migrate_own(
             plan = _predict(cell, reg, name)  # takes the warm-up's time
         else:
             time.sleep(cell.warmup_s)
-        report, poll = asyncio.run(_migrate(name, opts, reg, cell.poll))
+        report, poll = asyncio.run(_migrate(name, opts, reg, cell.poll, cell.boost))
     finally:
         with contextlib.suppress(LivemigError):
             stop_vm(name, reg)

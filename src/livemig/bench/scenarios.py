@@ -40,6 +40,8 @@ class Cell:
     # a 64 MiB raw virtio disk on shared storage (cache=none) that the guest writes a
     # counter to every 200 ms: docs/real-vms.md's bridged guest
     disk: bool = False
+    # the bench's event thread at a lower nice value while it migrates (livemig.sched)
+    boost: bool = False
 
     @property
     def estimate_s(self) -> float:
@@ -153,6 +155,14 @@ def _pacing() -> list[Cell]:
     ]  # fmt: skip
 
 
+def _events_sched() -> list[Cell]:
+    return [
+        Cell("events-sched", "postcopy-after:1", "dirty:mib=64,pattern=seq", memory_mib=256, boost=b,
+             variant="boosted" if b else "plain")
+        for b in (False, True)
+    ]  # fmt: skip
+
+
 SCENARIOS: Final[dict[str, list[Cell]]] = {
     # An idle 512 MiB guest: almost every page is zero; the bound is what must really move.
     "idle": _policies("idle", ("precopy", "postcopy-after:1", "postcopy-now"), "idle"),
@@ -180,6 +190,8 @@ SCENARIOS: Final[dict[str, list[Cell]]] = {
     "events": _policies(
         "events", ("postcopy-after:1",), "dirty:mib=64,pattern=seq", memory_mib=256, poll=True
     ),
+    # The event delivery latency's tail with the event thread at nice 0 and boosted (livemig.sched).
+    "events-sched": _events_sched(),
     # Post-copy pacing and where a fault's time goes.
     "pacing": _pacing(),
     **_family(),
