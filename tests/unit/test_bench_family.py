@@ -153,3 +153,14 @@ def test_blocktime_per_request_and_the_pacing_cells() -> None:
     assert per_request(370.0, 0) is None and per_request(None, 10) is None  # no requests, or no statistics
     caps = {c.id: c.postcopy_bandwidth for c in SCENARIOS["pacing"]}
     assert caps["pacing/stream/200mbit-cap180mbit"] == "180mbit" and caps["pacing/stream/200mbit"] is None
+
+
+def test_a_scenarios_setup_is_one_line_or_one_per_cell() -> None:
+    from livemig.bench.report import _setup_lines
+
+    same = [c.to_dict() for c in SCENARIOS["policies-dirtier"]]
+    assert _setup_lines(same) == ["Workload `dirty:mib=128,rate=8,pattern=seq` in 512 MiB, link 200mbit.", ""]
+    lines = _setup_lines([c.to_dict() for c in SCENARIOS["pacing"]])
+    assert len(lines) == len(SCENARIOS["pacing"]) + 1
+    assert "- `pacing/stream/200mbit-cap180mbit`: " in lines[1] and "post-copy capped at 180mbit" in lines[1]
+    assert "tbf latency 5ms" in lines[3] and "link 10gbit" in lines[4]

@@ -456,6 +456,25 @@ def _switch_note(s: Summary) -> str:
     return f" (nothing switched in {stayed}/{len(done)})" if stayed else ""
 
 
+def _setup(c: dict[str, Any]) -> str:
+    extra = [f"tbf latency {c['latency']}"] if c.get("latency", "100ms") != "100ms" else []
+    if c.get("postcopy_bandwidth"):
+        extra.append(f"post-copy capped at {c['postcopy_bandwidth']}")
+    if c.get("disk"):
+        extra.append("a disk on shared storage")
+    return f"Workload `{c['workload']}` in {c['memory_mib']} MiB, link {c['bandwidth']}" + "".join(
+        f", {e}" for e in extra
+    )
+
+
+def _setup_lines(cells: list[dict[str, Any]]) -> list[str]:
+    """What the scenario's cells ran: one line if they share it, else one per cell (pure)."""
+    setups = {_setup(c) for c in cells}
+    if len(setups) == 1:
+        return [f"{setups.pop()}.", ""]
+    return [*(f"- `{c['id']}`: {_setup(c)}." for c in cells), ""]
+
+
 def write_report(results_dir: Path, out_dir: Path, command: str = "", all_timelines: bool = False) -> Path:
     """Write ``out_dir/benchmarks.md`` and its PNGs (under ``out_dir/img``)."""
     results = load_results(results_dir)
@@ -479,8 +498,7 @@ def write_report(results_dir: Path, out_dir: Path, command: str = "", all_timeli
     for scenario, cells in by_scenario.items():
         metrics = metrics_for(scenario)
         lines += [f"## {scenario}", ""]
-        c0 = cells[0].runs[0]["cell"]
-        lines += [f"Workload `{c0['workload']}` in {c0['memory_mib']} MiB, link {c0['bandwidth']}.", ""]
+        lines += _setup_lines([s.runs[0]["cell"] for s in cells])
         lines += ["| cell | runs | completed | " + " | ".join(metrics) + " |",
                   "|---|---|---|" + "---|" * len(metrics)]  # fmt: skip
         for s in cells:
