@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from livemig.aio import teardown
 from livemig.core.migration import Migration
 from livemig.errors import LivemigError, NotMigrating, UsageError, rebuild
 
@@ -58,8 +59,7 @@ class ControlServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+            await teardown(self._server.wait_closed(), log, "control socket close")
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 

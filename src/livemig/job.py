@@ -341,8 +341,10 @@ class MigrationJob:
     def _record_state(self, rec: VMRecord, mig: Migration) -> None:
         if rec.migration is not None and rec.migration.state != str(mig.state):
             rec.migration.state = str(mig.state)
-            with contextlib.suppress(OSError):
+            try:
                 self.registry.save(rec)
+            except OSError as exc:  # the migration goes on; a later take-over reads an older state
+                self.log.warning("could not record state %s: %s", mig.state, exc)
 
     async def _verify(self, reader: HeartbeatReader, report: MigrationReport) -> None:
         """Ask the guest to re-check its pattern; a mismatch fails the run."""

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from livemig.aio import teardown
+
 __all__ = [
     "Beat", "GuestStats", "HeartbeatReader", "brownout", "guest_stats", "guest_view", "parse_line", "read_beats",
     "write_beats",
@@ -302,9 +304,7 @@ class HeartbeatReader:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await teardown(self._task, log, "heartbeat reader")
         if self._writer is not None:
             self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
+            await teardown(self._writer.wait_closed(), log, "heartbeat socket close")

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from qemu.qmp import EventListener, ExecInterruptedError, ExecuteError, QMPClient, QMPError
+from qemu.qmp.events import ListenerError
 from qemu.qmp.protocol import ConnectError, Runstate
 from qemu.qmp.qmp_client import GreetingError, NegotiationError
 
+from livemig.aio import teardown
 from livemig.errors import QemuDied, QMPCommandError
 
 __all__ = ["Monitor"]
@@ -94,13 +96,13 @@ class Monitor:
         return lst
 
     def remove_listener(self, lst: EventListener) -> None:
-        with contextlib.suppress(Exception):
+        try:
             self._client.remove_listener(lst)
+        except ListenerError as exc:  # never registered, or already removed: nothing to undo
+            self.log.debug("listener: %s", exc)
 
     async def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watch
-        with contextlib.suppress(Exception):
-            await self._client.disconnect()
+            await teardown(self._watch, self.log, "QMP watch")
+        await teardown(self._client.disconnect(), self.log, "QMP disconnect")
