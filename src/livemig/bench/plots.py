@@ -31,14 +31,18 @@ def plot_scenario(
     if not cells or not metrics:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4.4), squeeze=False)
+    cols = min(3, len(metrics))  # at most three panels a row: readable at a page's width
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.4 * rows), squeeze=False)
+    for ax in axes.flat[len(metrics) :]:
+        ax.set_visible(False)
     labels = [
         s.cell.split("/", 1)[1]
         + ("" if s.completed == len(s.runs) else f"\n({s.completed}/{len(s.runs)} completed)")
         for s in cells
     ]
     repeats = max(len(s.runs) for s in cells)
-    for ax, metric in zip(axes[0], metrics, strict=True):
+    for ax, metric in zip(axes.flat, metrics, strict=False):
         for i, s in enumerate(cells):
             st = s.stat(metric, True)
             if st is None:

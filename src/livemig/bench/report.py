@@ -341,13 +341,16 @@ def targets(summaries: list[Summary]) -> list[dict[str, Any]]:
 
 # -- plots --------------------------------------------------------------------
 def _target_lines(summaries: list[Summary]) -> list[str]:
-    lines = ["## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
+    """The targets table; nothing when none of the run's scenarios has a target."""
+    rows = []
     for t in targets(summaries):
         if t["measured"] == "not measured":
             continue  # a target of scenarios this run did not include
         met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
-        lines.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {met} |")
-    return [*lines, ""]
+        rows.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {met} |")
+    if not rows:
+        return []
+    return ["## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|", *rows, ""]
 
 
 def _switch_note(s: Summary) -> str:
