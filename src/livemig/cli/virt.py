@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from livemig.cli.progress import show_progress
+from livemig.cli.progress import run_with_progress
 from livemig.cli.render import err, print_event
 from livemig.core.options import MigrationOptions
 from livemig.core.report import MigrationReport
@@ -88,16 +88,6 @@ def run_domain(
             err.print(f"migrating domain {name}: {uri} -> {to} ...")
         print_event(t0, ev)
 
-    async def go() -> MigrationReport:
-        if not quiet:
-            job.on_event(show)
-        bar = asyncio.create_task(show_progress(job, err)) if not quiet and err.is_terminal else None
-        try:
-            report: MigrationReport = await job.run(attach=attach, resume_only=resume_only)
-            return report
-        finally:
-            if bar is not None:
-                bar.cancel()
-                await asyncio.gather(bar, return_exceptions=True)
-
-    return asyncio.run(go())
+    return run_with_progress(
+        job, lambda: job.run(attach=attach, resume_only=resume_only), None if quiet else show
+    )
