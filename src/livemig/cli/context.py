@@ -32,17 +32,27 @@ def connect_of(ctx: click.Context) -> str | None:
 
 @contextlib.contextmanager
 def terminate_unwinds() -> Iterator[None]:
-    """While the block runs, SIGTERM unwinds as Ctrl-C does (KeyboardInterrupt), so that a
-    bench or demo stopped by its PID still stops its VMs and takes down the lab it made."""
+    """While the block runs, SIGTERM unwinds as Ctrl-C does, so that a bench or demo stopped
+    by its PID still stops its VMs and takes down the lab it made.
+
+    The signal is handed to whatever handles SIGINT at that moment. Inside ``asyncio.run``
+    that is asyncio's own handler: it cancels the main task, which unwinds through its
+    ``finally`` blocks, and then raises KeyboardInterrupt. Raising KeyboardInterrupt from
+    here instead would strike whichever task happened to run, leave that task's exception
+    unretrieved, and print its traceback as the process exits."""
 
     owner = os.getpid()
 
-    def interrupt(sig: int, _frame: FrameType | None) -> None:
+    def interrupt(sig: int, frame: FrameType | None) -> None:
         if os.getpid() != owner:  # a forked child (pyroute2's namespace helper): end as asked
             signal.signal(sig, signal.SIG_DFL)
             os.kill(os.getpid(), sig)
             return
-        raise KeyboardInterrupt
+        as_ctrl_c = signal.getsignal(signal.SIGINT)
+        if callable(as_ctrl_c):
+            as_ctrl_c(signal.SIGINT, frame)
+            return
+        raise KeyboardInterrupt  # SIGINT ignored or default: unwind all the same
 
     before = signal.signal(signal.SIGTERM, interrupt)
     try:

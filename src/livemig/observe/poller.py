@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from livemig.aio import reap
 from livemig.errors import LivemigError
 from livemig.qemu.monitor import Monitor
 
@@ -62,9 +63,7 @@ class StatusPoller:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await reap(self._task)
         await self.monitor.close()
 
 
