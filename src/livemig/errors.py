@@ -27,6 +27,7 @@ structured fields besides its message, so callers can act on it::
           +-- StateError         .required: the states that would have allowed it
           +-- NotMigrating       no migration runs for that VM
           +-- MigrationFailed    .phase
+          |    +-- RecoveryBlocked  no further attempt can recover post-copy (why in the message)
           +-- UnsafeCombination  a setting that would lose the VM on this QEMU
 
 Every constructor passes all its arguments to ``super().__init__``, so an error can be
@@ -60,6 +61,7 @@ __all__ = [
     "QemuNotFound",
     "QemuStartError",
     "QemuTooOld",
+    "RecoveryBlocked",
     "SpecError",
     "StateError",
     "StorageError",
@@ -239,6 +241,15 @@ class MigrationFailed(MigrationError):
     def __init__(self, message: str, state: Any = None, phase: str = "") -> None:
         super().__init__(message, state, phase)
         self.phase = phase
+
+
+class RecoveryBlocked(MigrationFailed):
+    """Post-copy recovery cannot go on: the backend found that no further attempt can
+    succeed (a destination whose QEMU no longer answers its manager). Both sides stay
+    paused; retrying is pointless until what the message names is dealt with."""
+
+    def __init__(self, message: str, state: Any = None, phase: str = "postcopy-paused") -> None:
+        super().__init__(message, state, phase)
 
 
 class UnsafeCombination(MigrationError):

@@ -273,10 +273,12 @@ class DomainMigration(MigrationHandle):
         elif report.switched_at_pass is None:
             report.where = f"source ({src}); nothing moved"
         else:
-            report.where = (
-                f"split: {dst} holds the vCPUs, {src} the pages not yet sent; "
-                f"`livemig -c {t.src_uri} recover {self.name} --to {t.dst_uri}` resumes it"
-            )
+            blocked = (report.recovery or {}).get("blocked")
+            then = (
+                f"no recovery can start: {blocked}" if blocked
+                else f"`livemig -c {t.src_uri} recover {self.name} --to {t.dst_uri}` resumes it"
+            )  # fmt: skip
+            report.where = f"split: {dst} holds the vCPUs, {src} the pages not yet sent; {then}"
 
 
 # -- domains livemig defines ----------------------------------------------------------
@@ -320,9 +322,18 @@ async def stop_domain(uri: str, name: str) -> None:
     conn = await connect(uri)
     try:
         dom = await _lookup(conn, name, uri)
-        job = await call("jobInfo", dom.jobInfo)
-        if job[0] != libvirt.VIR_DOMAIN_JOB_NONE:
-            raise MigrationError(f"domain {name} is migrating: `livemig cancel {name}` first")
+        try:
+            job = await call("jobInfo", dom.jobInfo)
+            role = "migrating" if job[0] != libvirt.VIR_DOMAIN_JOB_NONE else None
+        except LibvirtCallError as exc:  # libvirt has job statistics only on the source
+            if exc.code != libvirt.VIR_ERR_OPERATION_UNSUPPORTED:
+                raise
+            role = "the destination of a migration"
+        if role is not None:
+            raise MigrationError(
+                f"domain {name} is {role}: `livemig cancel {name}` first (after the switch to "
+                "post-copy, stopping either side would lose the VM)"
+            )
         await call("destroy", dom.destroy)
     finally:
         await call("close", conn.close)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -143,12 +144,28 @@ def lab() -> Iterator[LibvirtLab]:
     finally:
         for host in ("src", "dst"):
             the_lab.cli("-c", host, "vm", "stop", DOMAIN)
+        split = [h for h in ("src", "dst") if the_lab.state(h) is not None]
+        for host in split:  # a failed test left it split or paused: libvirt's destroy, by its API
+            _destroy(the_lab, host)
         down = the_lab.cli("lab", "down")
-        pids = _daemon_pids(root)
+        pids, qemus = _daemon_pids(root), _domain_qemus()
+        for pid in pids + qemus:  # nothing outlives the module, even when lab down failed
+            os.kill(pid, signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)
         assert down.returncode == 0, down.stderr
         assert not pids, f"libvirt daemons left behind: {pids}"
-        assert not _domain_qemus(), f"QEMUs of the domain left behind: {_domain_qemus()}"
+        assert not qemus, f"QEMUs of the domain left behind: {qemus}"
+        assert not split, f"the domain was left on {split} (destroyed)"
+
+
+def _destroy(lab: LibvirtLab, host: str) -> None:
+    conn = libvirt.open(lab.uri(host))
+    try:
+        conn.lookupByName(DOMAIN).destroy()
+    except libvirt.libvirtError:
+        pass  # gone meanwhile
+    finally:
+        conn.close()
 
 
 def _names(report: dict[str, Any]) -> list[str]:
@@ -198,7 +215,11 @@ def test_postcopy_from_a_second_process(lab: LibvirtLab) -> None:
 
 
 def test_link_cut_in_postcopy_is_recovered(lab: LibvirtLab) -> None:
-    mig, frm, to = lab.start("postcopy-now", "postcopy", "--bandwidth", "4M")
+    # One pre-copy pass first, then post-copy at 1 MiB/s: the pages still missing at the cut
+    # are the guest's data. After postcopy-now its kernel stacks are missing too, and on TCG
+    # a vCPU that delivers an interrupt onto one waits with QEMU's lock held; libvirt's
+    # in-band resume then waits forever (README: what libvirt cannot express).
+    mig, frm, to = lab.start("postcopy-after:1", "postcopy", "--postcopy-bandwidth", "1M")
     cut = lab.cli("lab", "link", frm, "down")
     cut_at = time.time()
     time.sleep(7)
@@ -235,6 +256,10 @@ def test_a_killed_livemig_is_taken_over(lab: LibvirtLab, phase: str) -> None:
 
 def test_cancel_in_precopy_keeps_the_domain_on_the_source(lab: LibvirtLab) -> None:
     mig, frm, to = lab.start("precopy", "precopy", "--bandwidth", "4M")
+    for host, role in ((frm, "is migrating"), (to, "is the destination of a migration")):
+        stop = lab.cli("-c", host, "vm", "stop", DOMAIN)  # refused on either side: nothing lost
+        assert stop.returncode == 1 and f"domain {DOMAIN} {role}" in stop.stderr, stop.stderr
+        assert len(stop.stderr.strip().splitlines()) == 1 and lab.state(host) is not None
     r = lab.cli("cancel", DOMAIN)
     assert r.returncode == 0, r.stderr
     out, _ = mig.communicate(timeout=120)

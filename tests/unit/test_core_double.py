@@ -26,7 +26,7 @@ from livemig.core import (
 from livemig.core.backend import AttachView, EventSink, Side
 from livemig.core.report import MigrationReport
 from livemig.core.state import MigrationState
-from livemig.errors import MigrationFailed, QMPCommandError, StateError
+from livemig.errors import MigrationFailed, QMPCommandError, RecoveryBlocked, StateError
 from livemig.policy import parse_policy
 
 S = MigrationState
@@ -42,6 +42,7 @@ class DoubleBackend:
     frozen: bool = False  # progress stops (a dead link)
     refuse_switch: bool = False
     refuse_recover: int = 0  # recover attempts that fail first
+    blocked: str | None = None  # recover raises RecoveryBlocked with this after those
     connecting: bool = False  # a resume only connects (a cut link: SYNs retried for minutes)
     abortable: bool = False  # abort_resume() takes such a resume back
     refuse_abort: int = 0  # abort_resume() calls that fail first
@@ -107,6 +108,8 @@ class DoubleBackend:
         if self.refuse_recover:
             self.refuse_recover -= 1
             raise MigrationFailed("no listener yet")
+        if self.blocked is not None:
+            raise RecoveryBlocked(self.blocked)
         if self.connecting:
             await self.push(EventKind.STATUS, "src", "postcopy-recover-setup")
             return
@@ -398,6 +401,26 @@ def test_a_bound_of_a_few_bytes_is_no_ratio() -> None:
     )
     r.set_bound(100_000_000)
     assert r.physical_bound_ms == 0.0 and r.time_vs_bound is None
+
+
+def test_a_blocked_recovery_stops_retrying_before_the_deadline_and_says_why() -> None:
+    """A backend that finds no attempt can succeed (libvirt: the destination's QEMU
+    answers no command) ends the retries at once: both sides stay paused, and the
+    report's recovery says why, long before the deadline."""
+
+    async def main() -> tuple[MigrationReport, DoubleBackend, float]:
+        be, mig, task = await begin("postcopy-now", recover_deadline_s=30.0, recover_attempt_s=0.2)
+        await until(lambda: mig.state is S.POSTCOPY)
+        be.frozen, be.refuse_recover, be.blocked = True, 2, "its monitor is stuck"
+        t0 = time.monotonic()
+        report = await asyncio.wait_for(task, 10)
+        return report, be, time.monotonic() - t0
+
+    report, be, took = asyncio.run(main())
+    assert report.status == "postcopy-paused" and be.src_status == "postcopy-paused"
+    assert report.recovery is not None and report.recovery["blocked"] == "its monitor is stuck"
+    assert report.recovery["attempts"] == be.commands.count("recover") == 3
+    assert report.recovery["recovered"] == 0 and took < 10
 
 
 def test_a_deadline_that_leaves_a_resume_connecting_says_so() -> None:

@@ -33,6 +33,7 @@ SAMPLES: list[LivemigError] = [
     errors.StateError("cancel", MigrationState.POSTCOPY, (MigrationState.SETUP,), "after the switch"),
     errors.NotMigrating("vm is not migrating"),
     errors.MigrationFailed("failed", MigrationState.PRECOPY, "precopy"),
+    errors.RecoveryBlocked("the destination's monitor is stuck", MigrationState.POSTCOPY_PAUSED),
     errors.UnsafeCombination("multifd with post-copy"),
 ]
 

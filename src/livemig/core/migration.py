@@ -42,6 +42,7 @@ from livemig.core.state import (
 from livemig.errors import (
     LivemigError,
     MigrationFailed,
+    RecoveryBlocked,
     StateError,
     UnsafeCombination,
     UnsupportedError,
@@ -725,6 +726,10 @@ class Migration:
             stats.attempts += 1
             try:
                 ok = await self._reconnect.attempt()
+            except RecoveryBlocked as exc:
+                stats.blocked = str(exc)
+                self.log.warning("recovery attempt %d: %s; both sides stay paused", stats.attempts, exc)
+                return False
             except LivemigError as exc:
                 self.log.info("recovery attempt %d: %s", stats.attempts, exc)
                 continue

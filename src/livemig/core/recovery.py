@@ -72,6 +72,7 @@ class RecoveryStats:
     # retried for minutes): QEMU finishes that recovery by itself if the link returns.
     left_connecting: bool | None = None
     recovered_while_detached: bool | None = None  # found so by the next `livemig recover`
+    blocked: str | None = None  # why no attempt can succeed (the backend's RecoveryBlocked)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

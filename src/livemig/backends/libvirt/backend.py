@@ -22,6 +22,10 @@ daemon is finishing the job.
 
 Every libvirt call runs in a worker thread (they block); the migration call itself in a
 daemon thread of its own, since it returns only when the migration ends.
+
+This module is over 500 lines: one class implements the whole Backend protocol for libvirt, whose
+events, commands, recovery and re-attach share one state (each side's status, the
+pending job call); split across modules, that state would be passed around, not owned.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from livemig.errors import (
     LibvirtCallError,
     LivemigError,
     MigrationFailed,
+    RecoveryBlocked,
     UnsafeCombination,
     UnsupportedError,
     UsageError,
@@ -72,6 +77,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MiB: Final = 1 << 20
 REFUSAL_WAIT_S: Final = 0.5  # a resume that libvirt refuses fails within this
+# a resume call pending this long is looked into: is the destination's Prepare stuck?
+RESUME_PENDING_S: Final = 15.0
 JOB_END_WAIT_S: Final = 15.0
 
 
@@ -429,12 +436,40 @@ class LibvirtBackend:
         prev = self._migrate
         if prev is not None and not prev.done.done():
             done, _ = await asyncio.wait({prev.done}, timeout=timeout)
+            if not done and prev.name == "resume":
+                await self._resume_pending(prev)  # raises: why it has not returned
             if not done:
                 raise MigrationFailed("libvirt's job has not failed yet (the destination has not noticed)")
         self._migrate = mig = self._run_migrate(libvirt.VIR_MIGRATE_POSTCOPY_RESUME, "resume")
         done, _ = await asyncio.wait({mig.done}, timeout=REFUSAL_WAIT_S)
         if done and (err := mig.error()) is not None:
             raise MigrationFailed(f"post-copy resume refused: {err.message}")
+
+    async def _resume_pending(self, prev: _Call) -> None:
+        """An earlier attempt's resume call has not returned: raise why. If it has been
+        pending for ``RESUME_PENDING_S``, ask the destination's daemon for something that
+        needs the domain's job (memory statistics): libvirt gives up after 30 s naming the
+        job's holder, and a Prepare step that holds it that long is waiting for QEMU's
+        monitor, for good (:class:`RecoveryBlocked`). Seen on TCG: the vCPU, delivering an
+        interrupt with QEMU's lock held, waits for a stack page that only the recovery
+        brings, and QEMU's main loop waits for that lock. libvirt sends ``migrate-recover``
+        in band; the out-of-band command that would get through (the qemu backend's) is
+        not libvirt's to send."""
+        pending = time.time() - prev.started
+        dom = await self._dst_domain() if pending >= RESUME_PENDING_S else None
+        if dom is not None:
+            try:
+                await call("memoryStats", dom.memoryStats)
+            except LibvirtCallError as exc:
+                if exc.code == libvirt.VIR_ERR_OPERATION_TIMEOUT and "Prepare" in exc.message:
+                    raise RecoveryBlocked(
+                        f"the destination's QEMU has not answered libvirt for {time.time() - prev.started:.0f}s "
+                        f"({exc.message}): libvirt's resume cannot start there, and libvirt sends QEMU's "
+                        "migrate-recover in band only (a QEMU thread holding its lock waits for a page "
+                        "that only the recovery would bring)"
+                    ) from exc
+                self.log.info("the destination's daemon: %s", exc)
+        raise MigrationFailed(f"libvirt's resume from {pending:.0f}s ago has not returned")
 
     async def abort_resume(self) -> bool:
         """libvirt's resume call owns its connection: nothing to withdraw from outside."""
