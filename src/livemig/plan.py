@@ -33,7 +33,7 @@ from livemig.qemu.monitor import Monitor
 
 __all__ = [
     "Measurement", "Prediction", "guest_resident_bytes", "measure_dirty_rate", "nonzero_bytes", "predict",
-    "predict_policy", "present_runs", "ram_ranges", "resident_of",
+    "predict_policy", "present_runs", "ram_mappings", "resident_of",
 ]  # fmt: skip
 
 MAX_PASSES: Final = 60
@@ -179,34 +179,28 @@ def predict_policy(
     return p
 
 
-def resident_of(smaps: str, ram_bytes: int) -> int | None:
-    """The resident bytes of the mappings in ``smaps`` (``/proc/PID/smaps``' text) whose
-    size is the guest's RAM exactly (QEMU maps guest RAM as one block; its TCG code buffer
-    and heap are other sizes); None if there is none (pure)."""
-    size_kb = ram_bytes // 1024
-    resident, found, current = 0, False, -1
-    for line in smaps.splitlines():
-        key, _, rest = line.partition(":")
-        if key == "Size":
-            current = int(rest.split()[0])
-        elif key == "Rss" and current == size_kb:
-            resident += int(rest.split()[0]) * 1024
-            found = True
-    return resident if found else None
-
-
-def ram_ranges(smaps: str, ram_bytes: int) -> list[tuple[int, int]]:
-    """The address ranges (start, end) of the mappings in ``smaps`` whose size is the
-    guest's RAM exactly (pure)."""
-    out, size_kb, current = [], ram_bytes // 1024, None
+def ram_mappings(smaps: str, ram_bytes: int) -> list[tuple[int, int, int]]:
+    """The mappings in ``smaps`` (``/proc/PID/smaps``' text) whose size is the guest's RAM
+    exactly, as (start, end, resident bytes): QEMU maps guest RAM as one block; its TCG
+    code buffer and heap are other sizes (pure)."""
+    out: list[tuple[int, int, int]] = []
+    size_kb, current, matches = ram_bytes // 1024, (0, 0), False
     for line in smaps.splitlines():
         head = line.split(maxsplit=1)[0] if line.strip() else ""
         if "-" in head and not head.endswith(":"):
             lo, _, hi = head.partition("-")
-            current = (int(lo, 16), int(hi, 16))
-        elif line.startswith("Size:") and current and int(line.split()[1]) == size_kb:
-            out.append(current)
+            current, matches = (int(lo, 16), int(hi, 16)), False
+        elif head == "Size:":
+            matches = int(line.split()[1]) == size_kb
+        elif head == "Rss:" and matches:
+            out.append((*current, int(line.split()[1]) * 1024))
     return out
+
+
+def resident_of(smaps: str, ram_bytes: int) -> int | None:
+    """The resident bytes of the guest's RAM mappings in ``smaps``; None if none (pure)."""
+    found = ram_mappings(smaps, ram_bytes)
+    return sum(rss for *_, rss in found) if found else None
 
 
 def present_runs(pagemap: bytes, start: int) -> list[tuple[int, int]]:
@@ -244,7 +238,7 @@ def guest_resident_bytes(pid: int, ram_bytes: int) -> int | None:
         smaps = Path(f"/proc/{pid}/smaps").read_text()
     except OSError:
         return None
-    ranges = ram_ranges(smaps, ram_bytes)
+    ranges = [(lo, hi) for lo, hi, _ in ram_mappings(smaps, ram_bytes)]
     if not ranges:
         return None
     try:

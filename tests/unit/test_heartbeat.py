@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from livemig.observe.heartbeat import Beat, brownout, guest_stats, parse_line, read_beats
+from livemig.observe.heartbeat import Beat, Lines, brownout, guest_stats, parse_line, read_beats
 
 
 def stream(spec: list[tuple[int, float, float]], side: str = "src") -> list[Beat]:
@@ -140,3 +140,16 @@ def test_a_backlog_read_in_one_batch_gives_no_absurd_rate() -> None:
     long_backlog = [Beat(i, int(i * 5e6), 9.999, "src", i * 5) for i in range(400)]  # 2 s at 1000/s
     b = brownout(long_backlog + live, 10.0, 15.0)
     assert b is not None and b["per_s_before"] == pytest.approx(1000, rel=0.01)
+
+
+def test_a_line_is_timed_by_its_first_byte_however_it_is_chunked() -> None:
+    """The serial port delivers a beat a byte or two at a time; the reader gathers them,
+    and each line keeps the time its first byte arrived (a gather delay costs nothing)."""
+    lines = Lines()
+    assert lines.feed(b"1", 10.0) == [] and lines.pending
+    assert lines.feed(b"2 34", 10.001) == []
+    assert lines.feed(b"5\n6", 10.004) == [("12 345", 10.0)]
+    assert lines.pending  # "6" began the next line at 10.004
+    assert lines.feed(b"7 8\n# hi\n", 10.009) == [("67 8", 10.004), ("# hi", 10.009)]
+    assert not lines.pending
+    assert lines.feed(b"\xff\n", 11.0) == [("\ufffd", 11.0)]  # noise decodes, never raises

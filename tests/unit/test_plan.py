@@ -14,7 +14,7 @@ from livemig.plan import (
     predict,
     predict_policy,
     present_runs,
-    ram_ranges,
+    ram_mappings,
     resident_of,
 )
 from livemig.policy import parse_policy
@@ -122,8 +122,8 @@ def test_what_the_first_pass_sends_is_the_present_pages_that_are_not_zero() -> N
     """A guest's kernel zeroes the pages it hands out: resident is not sent. The guest-RAM
     mapping is found by its size; pagemap says which pages are present (bit 63) or
     swapped (bit 62); a page of zeros costs QEMU a flag, any other byte a whole page."""
-    assert ram_ranges(SMAPS, 512 * MiB) == [(0x7F841FE00000, 0x7F843FE00000)]
-    assert ram_ranges(SMAPS, 256 * MiB) == []
+    assert ram_mappings(SMAPS, 512 * MiB) == [(0x7F841FE00000, 0x7F843FE00000, 364544 * 1024)]
+    assert ram_mappings(SMAPS, 256 * MiB) == []
     present, swapped, absent = 1 << 63, 1 << 62, 0
     entries = struct.pack("5Q", present | 7, present | 8, absent, swapped, present)
     assert present_runs(entries, 0x1000) == [(0x1000, 8192), (0x4000, 8192)]
