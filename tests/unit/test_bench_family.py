@@ -151,8 +151,13 @@ def test_blocktime_per_request_and_the_pacing_cells() -> None:
 
     assert per_request(370.0, 100) == 3.7
     assert per_request(370.0, 0) is None and per_request(None, 10) is None  # no requests, or no statistics
-    caps = {c.id: c.postcopy_bandwidth for c in SCENARIOS["pacing"]}
-    assert caps["pacing/stream/200mbit-cap180mbit"] == "180mbit" and caps["pacing/stream/200mbit"] is None
+    from livemig.bench.runner import options_of
+
+    opts = {c.id: options_of(c) for c in SCENARIOS["pacing"]}
+    assert opts["pacing/stream/200mbit-cap180mbit"].postcopy_bandwidth == 22_500_000  # bytes/s reach QEMU
+    assert opts["pacing/stream/200mbit-cap160mbit"].postcopy_bandwidth == 20_000_000
+    assert opts["pacing/stream/200mbit"].postcopy_bandwidth is None  # uncapped
+    assert str(opts["pacing/faultprobe/10gbit"].policy) == "postcopy-now"
 
 
 def test_a_scenarios_setup_is_one_line_or_one_per_cell() -> None:

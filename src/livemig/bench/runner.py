@@ -38,6 +38,7 @@ __all__ = [
     "libvirt_handshake_ms",
     "metrics_of",
     "migration_ms",
+    "options_of",
     "plan_errors",
     "run_bench",
     "run_once",
@@ -190,8 +191,7 @@ def _migrate_own(
         disks, cmdline = (Disk(image),), "livemig.diskbeat=vda"
     spec = VMSpec(name, memory_mib=cell.memory_mib, workload=parse_workload(cell.workload), nics=nics,
                   disks=disks, cmdline=cmdline)  # fmt: skip
-    cap = parse_rate(cell.postcopy_bandwidth) if cell.postcopy_bandwidth else None
-    opts = MigrationOptions(policy=parse_policy(cell.policy), preempt=cell.preempt, postcopy_bandwidth=cap)
+    opts = options_of(cell)
     start_vm(spec, reg, host="src")
     plan = None
     try:
@@ -204,6 +204,12 @@ def _migrate_own(
         with contextlib.suppress(LivemigError):
             stop_vm(name, reg)
     return report, poll, plan
+
+
+def options_of(cell: Cell) -> MigrationOptions:
+    """The migration options a cell of livemig's own QEMUs runs with (pure)."""
+    cap = parse_rate(cell.postcopy_bandwidth) if cell.postcopy_bandwidth else None
+    return MigrationOptions(policy=parse_policy(cell.policy), preempt=cell.preempt, postcopy_bandwidth=cap)
 
 
 def _per_request(report: MigrationReport) -> float | None:
