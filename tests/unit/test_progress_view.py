@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
+from rich.text import Text
 
 from livemig.cli.progress import figures, progress_display, progress_view
 from livemig.core.backend import MigrationInfo
@@ -61,3 +63,29 @@ def test_the_display_fits_80_columns_with_the_pass_number() -> None:
     assert lines[0].startswith("precopy   pass 12 ") and "…" not in out.getvalue(), lines
     assert max(len(line) for line in lines) <= 80, lines
     assert lines[1].strip() == view.line() and lines[2].strip() == view.decision
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "pipe"])
+def test_a_long_event_line_wraps_at_words_under_its_text(
+    monkeypatch: pytest.MonkeyPatch, terminal: bool
+) -> None:
+    """On an 80-column terminal an event line longer than the pane wraps between words,
+    indented under the text; into a pipe or a log it stays one line."""
+    from livemig.cli import render
+    from livemig.core.events import MigrationEvent
+
+    buf = io.StringIO()
+    monkeypatch.setattr(render, "err", Console(width=80, file=buf, force_terminal=terminal, soft_wrap=True))
+    reason = "policy postcopy-after:1: 1 pre-copy pass(es) done, policy asks for 1"
+    ev = MigrationEvent("postcopy-requested", {"reason": reason}, delivered_ts=100.5)
+    render.print_event(100.0, ev)
+    text = Text.from_ansi(buf.getvalue()).plain
+    lines = text.rstrip("\n").split("\n")
+    words = f"+  0.500s post-copy requested: {reason}".split()
+    if not terminal:
+        assert lines == [f"  +  0.500s post-copy requested: {reason}"]
+        return
+    assert len(lines) == 2 and all(len(line.rstrip()) <= 80 for line in lines), lines
+    assert " ".join(text.split()) == " ".join(words)  # no word cut in two
+    col = lines[0].index("post-copy")
+    assert lines[1][:col].isspace() and not lines[1][col].isspace()  # under the text, not the time

@@ -54,7 +54,15 @@ def print_event(t0: float, ev: MigrationEvent) -> None:
     lat = ""
     if Verbosity.level and ev.latency_ms is not None:
         lat = f"  [dim](delivered {ev.latency_ms:.2f} ms after the hypervisor's timestamp)[/]"
-    err.print(f"  [dim]+{ev.delivered_ts - t0:7.3f}s[/] {_describe(ev)}{lat}")
+    stamp, text = f"+{ev.delivered_ts - t0:7.3f}s", f"{_describe(ev)}{lat}"
+    if not err.is_terminal:  # a log or a pipe: one line per event, whatever its length
+        err.print(f"  [dim]{stamp}[/] {text}")
+        return
+    line = Table.grid(padding=(0, 1, 0, 0))  # wrapped at words, under the text, not the time
+    line.add_column(no_wrap=True, style="dim")
+    line.add_column()
+    line.add_row(f"  {stamp}", text)
+    err.print(line)
 
 
 def summary_table(reports: list[MigrationReport], title: str = "") -> Table:
