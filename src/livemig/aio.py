@@ -1,16 +1,18 @@
 """The one way livemig's sync wrappers run its async core: ``asyncio.run`` outside an
 event loop; inside one they refuse, naming the coroutine function to await instead. And
 :func:`teardown`, the one way a closing step whose failure changes nothing is awaited,
-and :func:`reap` for a helper task: neither absorbs a cancellation of its caller."""
+and :func:`reap` for a helper task: neither absorbs a cancellation of its caller.
+:func:`communicate` waits for a helper process, and kills and reaps it past a timeout."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["reap", "run_sync", "teardown"]
+__all__ = ["communicate", "reap", "run_sync", "teardown"]
 
 T = TypeVar("T")
 
@@ -55,3 +57,17 @@ async def reap(task: asyncio.Task[Any]) -> None:
     except asyncio.CancelledError:
         if _cancel_requests() > asked:
             raise
+
+
+async def communicate(proc: asyncio.subprocess.Process, limit_s: float) -> tuple[bytes, bytes]:
+    """``proc.communicate()`` within ``limit_s``; past it the process is killed and reaped
+    (nothing is left behind), and TimeoutError raised."""
+    try:
+        async with asyncio.timeout(limit_s):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    return out or b"", err or b""

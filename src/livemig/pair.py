@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from livemig.adopt import peer_pid
+from livemig.aio import communicate
 from livemig.backends.qemu import Endpoint, QemuBackend
 from livemig.control import ControlServer, request
 from livemig.core.bus import EventBus
@@ -38,6 +39,8 @@ from livemig.spec import is_vm_name
 __all__ = ["PairMigration", "QemuPair", "QemuView", "inspect"]
 
 log = logging.getLogger(__name__)
+
+BIND_CHECK_S = 10.0  # the destination's bind check (nsenter + a Python that binds) answers within this
 STALL_GRACE_S = 0.3  # after completion, wait for the guest's next beats before measuring
 _TCP_URI = re.compile(r"^tcp:(\[[0-9a-fA-F:]+\]|[^:\s]+):(\d{1,5})$")
 MIGRATING = frozenset({"setup", "active", "device", "pre-switchover", "postcopy-active", "postcopy-paused",
@@ -130,7 +133,11 @@ async def probe_bind(qmp: Path, uri: str) -> None:
     except FileNotFoundError:
         log.info("nsenter not found: the destination's bind is not checked in advance")
         return
-    _, err = await proc.communicate()
+    try:
+        _, err = await communicate(proc, BIND_CHECK_S)
+    except TimeoutError:
+        log.info("the destination's bind check did not answer in %gs: not checked in advance", BIND_CHECK_S)
+        return
     if proc.returncode != 0:
         why = err.decode(errors="replace").strip().splitlines()[-1:] or ["cannot bind"]
         raise UsageError(f"the destination cannot listen on {uri}: {why[0]}")

@@ -16,6 +16,7 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
+from livemig.aio import communicate
 from livemig.backends.libvirt.backend import call, connect, dotted
 from livemig.backends.libvirt.domain import heartbeat_path
 from livemig.backends.libvirt.models import parse_job_stats
@@ -37,6 +38,7 @@ __all__ = ["VIRSH_POLICY", "migrate_on_libvirt"]
 
 VIRSH_POLICY = "virsh --postcopy-after-precopy"
 GRACE_S = 0.3
+VIRSH_WAIT_S = 600.0  # virsh's own migration: past this it is killed and the run fails
 
 
 def _daemons(root: Path) -> dict[str, LabDaemon]:
@@ -107,7 +109,7 @@ async def _virsh(name: str, daemons: dict[str, LabDaemon], address: str) -> Migr
             "--postcopy-after-precopy", "--migrateuri", f"tcp://{address}",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        _, err = await proc.communicate()
+        _, err = await communicate(proc, VIRSH_WAIT_S)
         await asyncio.sleep(GRACE_S)
         report = MigrationReport(
             vm=name, status="completed" if proc.returncode == 0 else "failed", policy=VIRSH_POLICY,

@@ -11,12 +11,13 @@ closes, waits for the last replies, and prints one JSON document of raw times.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
 import sys
 from typing import Any
+
+from livemig.aio import communicate
 
 __all__ = ["NetProbe", "network_stats"]
 
@@ -114,11 +115,8 @@ class NetProbe:
         assert proc.stdin is not None
         proc.stdin.close()
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+            out, err = await communicate(proc, timeout)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
             log.warning("network probe did not stop in %gs", timeout)
             return None
         if proc.returncode != 0:

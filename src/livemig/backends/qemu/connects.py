@@ -16,9 +16,9 @@ next resume.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
+from livemig.aio import communicate
 from livemig.errors import MigrationFailed
 
 __all__ = ["abort_connects", "ss_argv"]
@@ -47,12 +47,8 @@ async def abort_connects(pid: int, host: str, port: int, wait_s: float = 5.0) ->
     except FileNotFoundError as exc:
         raise MigrationFailed(f"cannot withdraw a connecting resume: {exc.filename} not found") from exc
     try:
-        async with asyncio.timeout(wait_s):
-            out, err = await proc.communicate()
+        out, err = await communicate(proc, wait_s)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
         raise MigrationFailed(f"{' '.join(argv)}: no answer within {wait_s:g}s") from None
     if proc.returncode != 0:
         why = err.decode(errors="replace").strip() or f"exit {proc.returncode}"
