@@ -6,6 +6,7 @@ postcopy-paused) and the test pushes the rest."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ class DoubleBackend:
     accel: str = "none"
     commands: list[str] = field(default_factory=list)
     frozen: bool = False  # progress stops (a dead link)
+    dst_hung: bool = False  # the destination does not resume at the switch (a hung QEMU)
     refuse_switch: bool = False
     refuse_recover: int = 0  # recover attempts that fail first
     blocked: str | None = None  # recover raises RecoveryBlocked with this after those
@@ -90,6 +92,8 @@ class DoubleBackend:
     async def _switched(self) -> None:
         await self.push(EventKind.STATUS, "src", "postcopy-active")
         await self.push(EventKind.STOPPED, "src")
+        if self.dst_hung:
+            return
         await self.push(EventKind.STATUS, "dst", "postcopy-active")
         await self.push(EventKind.RESUMED, "dst")
 
@@ -401,6 +405,44 @@ def test_a_bound_of_a_few_bytes_is_no_ratio() -> None:
     )
     r.set_bound(100_000_000)
     assert r.physical_bound_ms == 0.0 and r.time_vs_bound is None
+
+
+@pytest.mark.parametrize("comes_back", [True, False], ids=["dst-resumes", "dst-never-resumes"])
+def test_a_stall_before_the_destination_resumed_is_waited_out_not_paused(comes_back: bool) -> None:
+    """A destination that hangs at the switch (SIGSTOP) is still loading the devices'
+    state: a pause would break that load, and QEMU cannot recover it. livemig waits up to
+    switch_stall_s; if the destination resumes, nothing was paused; if not, it pauses."""
+
+    async def main() -> tuple[MigrationReport, DoubleBackend, float]:
+        be = DoubleBackend(dst_hung=True, frozen=True)
+        mig = Migration(be, fast("postcopy-now", switch_stall_s=1.5, recover=False))
+        task = asyncio.create_task(mig.run())
+        await until(lambda: mig.state is S.POSTCOPY)
+        t0 = time.monotonic()
+        await asyncio.sleep(1.0)  # five stall timeouts of 0.2 s
+        assert not [c for c in be.commands if c.startswith("pause")], be.commands
+        if comes_back:
+            be.frozen = False
+            await be.push(EventKind.STATUS, "dst", "postcopy-active")
+            await be.push(EventKind.RESUMED, "dst")
+            await asyncio.sleep(0.3)
+            await be.complete()
+        else:
+            await until(lambda: any(c.startswith("pause") for c in be.commands), 5)
+        waited = time.monotonic() - t0
+        if not comes_back:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return MigrationReport("vm", "paused", "postcopy-now", "", "tcg", False), be, waited
+        return await asyncio.wait_for(task, 5), be, waited
+
+    report, be, waited = asyncio.run(main())
+    paused = [c for c in be.commands if c.startswith("pause")]
+    if comes_back:
+        assert report.status == "completed" and not paused
+    else:
+        assert paused and waited >= 1.5 - 0.3  # the pause came only once the wait was over
 
 
 def test_a_blocked_recovery_stops_retrying_before_the_deadline_and_says_why() -> None:

@@ -119,6 +119,7 @@ class Migration:
             backend, self.sides, self.log, self.options.recover_attempt_s, self.options.recover_connect_s
         )
         self._dst_resumed = False
+        self._switch_stall_since: float | None = None  # a stall between the switch and the resume
         self._failure: str | None = None
         self._state_callbacks: list[Callable[[MigrationState, str], None]] = []
         self._failure_phase: str | None = None
@@ -698,8 +699,26 @@ class Migration:
         reason = f"no migration progress for {stalled:.1f}s in {self.state} (is the link down?)"
         if self.state in (S.SETUP, S.PRECOPY):
             self._spawn(self._abort_precopy(reason), "abort-precopy")
-        elif self.state is S.POSTCOPY:
+        elif self.state is S.POSTCOPY and not self._still_switching(stalled):
             self._spawn(self._pause(reason), "pause")
+
+    def _still_switching(self, stalled: float) -> bool:
+        """True while a stall after the switch is waited out rather than paused: until the
+        destination has resumed it is still loading the devices' state, and a broken load
+        cannot be recovered (see ``MigrationOptions.switch_stall_s``)."""
+        if self._dst_resumed:
+            return False
+        now = time.time()
+        if self._switch_stall_since is None:
+            self._switch_stall_since = now - stalled
+            self.log.warning(
+                "no migration progress for %.1fs before the destination resumed: waiting up to %gs "
+                "(a pause now would break its load of the devices' state)", stalled, self.options.switch_stall_s,
+            )  # fmt: skip
+        if now - self._switch_stall_since >= self.options.switch_stall_s:
+            return False
+        self._watchdog.reset(now)  # asked again after another stall timeout
+        return True
 
     async def _pause(self, reason: str) -> None:
         """Pause post-copy on both sides."""

@@ -43,6 +43,11 @@ class MigrationOptions:
     # the migration is cancelled (the VM stays on the source); in post-copy both sides
     # are paused and recovery is retried with backoff until recover_deadline_s.
     stall_timeout_s: float = 5.0
+    # A stall after the switch but before the destination resumed is waited out this long
+    # before the pause: the destination is still loading the devices' state, and QEMU
+    # cannot recover a post-copy whose load broke (a pause there killed a destination that
+    # had only hung: the stop-dst/switchover fault).
+    switch_stall_s: float = 60.0
     recover: bool = True
     recover_deadline_s: float = 120.0
     recover_attempt_s: float = 10.0
