@@ -14,10 +14,11 @@ zero). Each later pass sends what the one before
 left dirty, ``dirty x pass time``, capped by the memory. QEMU weighs what is pending all
 along a pass (its unsent rest plus what the guest dirtied since), so it stops the guest
 inside the pass whose dirt would fit, once the downtime limit's worth at the link's rate
-is left: the pause is that limit, plus the devices' state and hand-over (:data:`SWITCH_MS`;
-predicting 0 for an idle guest was 80% off, this is 18% where the link is the bottleneck). Post-copy's pause is a blackout of tens of
-ms; what the guest then stalls on page faults is not modelled yet (it depends on what the
-guest touches first), and the prediction says so rather than guess.
+is left: the pause is that limit, plus the devices' state and hand-over
+(:data:`SWITCH_MS`; predicting 0 for an idle guest was 80% off, this is 18% where the
+link is the bottleneck). Post-copy's pause is a blackout of tens of ms; what the guest
+then stalls on page faults is not modelled yet (it depends on what the guest touches
+first), and the prediction says so rather than guess.
 """
 
 from __future__ import annotations

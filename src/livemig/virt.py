@@ -322,14 +322,9 @@ async def stop_domain(uri: str, name: str) -> None:
     conn = await connect(uri)
     try:
         dom = await _lookup(conn, name, uri)
-        try:
-            job = await call("jobInfo", dom.jobInfo)
-            role = "migrating" if job[0] != libvirt.VIR_DOMAIN_JOB_NONE else None
-        except LibvirtCallError as exc:  # libvirt has job statistics only on the source
-            if exc.code != libvirt.VIR_ERR_OPERATION_UNSUPPORTED:
-                raise
-            role = "the destination of a migration"
-        if role is not None:
+        job = await _job_of(dom)
+        if job != "-":
+            role = "migrating" if job == "migrating" else "the destination of a migration"
             raise MigrationError(
                 f"domain {name} is {role}: `livemig cancel {name}` first (after the switch to "
                 "post-copy, stopping either side would lose the VM)"
@@ -337,6 +332,18 @@ async def stop_domain(uri: str, name: str) -> None:
         await call("destroy", dom.destroy)
     finally:
         await call("close", conn.close)
+
+
+async def _job_of(dom: libvirt.virDomain) -> str:
+    """The domain's migration job: ``migrating`` (the source's), ``incoming`` (libvirt keeps
+    job statistics only on the source, and says so on the destination) or ``-``."""
+    try:
+        job = await call("jobInfo", dom.jobInfo)
+    except LibvirtCallError as exc:
+        if exc.code != libvirt.VIR_ERR_OPERATION_UNSUPPORTED:
+            raise
+        return "incoming"
+    return "migrating" if job[0] != libvirt.VIR_DOMAIN_JOB_NONE else "-"
 
 
 _STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
@@ -354,10 +361,9 @@ async def domain_rows(uri: str) -> list[dict[str, Any]]:
         for dom in doms:
             state, reason = await call("state", dom.state)
             try:
-                job = await call("jobInfo", dom.jobInfo)
-                migrating = "migrating" if job[0] != libvirt.VIR_DOMAIN_JOB_NONE else "-"
-            except LibvirtCallError as exc:  # libvirt has job statistics only on the source
-                migrating = "incoming" if exc.code == libvirt.VIR_ERR_OPERATION_UNSUPPORTED else "?"
+                migrating = await _job_of(dom)
+            except LibvirtCallError:
+                migrating = "?"
             info = await call("info", dom.info)
             st = _STATES.get(state, str(state))
             if state == libvirt.VIR_DOMAIN_PAUSED and reason in _REASONS:
