@@ -5,17 +5,50 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from livemig.bench.faults import FAULTS, FLAP, WHY_UNRECOVERABLE, write_reliability
+from livemig.bench.faults import (
+    FAULTS,
+    FLAP,
+    WHY_UNRECOVERABLE,
+    _back_to_recovered,
+    _merged,
+    write_reliability,
+)
 
 
 def test_the_matrix_covers_every_fault_in_every_phase() -> None:
     ids = [f.id for f in FAULTS]
-    assert len(ids) == len(set(ids)) == 28
+    assert len(ids) == len(set(ids)) == 32
     for phase in ("precopy", "switchover", "postcopy"):
         for what in ("link-down-2s", "link-down-5s", "link-down-30s", "kill-dst", "kill-src", "kill-livemig",
                      "flap", "stop-src", "stop-dst"):  # fmt: skip
             assert f"{what}/{phase}" in ids
     assert "kill-livemig-recovering/postcopy" in ids
+    # a cut inside a recovery, at its connect and in its handshake; a cut that hits two migrations
+    assert {"cut-recover-setup/postcopy", "cut-recover/postcopy"} <= set(ids)
+    assert {"two-vms-link-down-5s/precopy", "two-vms-link-down-5s/postcopy"} <= set(ids)
+    assert next(f for f in FAULTS if f.kind == "two-vms").names == ("fi", "fi2")
+
+
+def test_a_two_vm_trial_is_as_good_as_its_worse_vm() -> None:
+    one = {"vm": "fi", "status": "completed", "error": None, "where": "dst", "recovered": 1,
+           "link_back_to_recovered_s": 1.5, "recover_s": 20.0, "vm_running": True, "on": "dst",
+           "memory_intact": True}  # fmt: skip
+    other = {**one, "vm": "fi2", "recover_s": 31.0, "link_back_to_recovered_s": 2.5}
+    both = _merged([one, other])
+    assert (both["status"], both["recover_s"], both["link_back_to_recovered_s"]) == ("completed", 31.0, 2.5)
+    assert both["memory_intact"] is True and both["vms"] == [one, other]
+    failed = _merged([one, {**other, "status": "failed", "error": "no progress", "recover_s": None,
+                            "on": "src", "memory_intact": None}])  # fmt: skip
+    assert (failed["status"], failed["error"], failed["recover_s"], failed["on"]) == (
+        "failed",
+        "no progress",
+        None,
+        "dst/src",
+    )
+    assert failed["memory_intact"] is None and failed["vm_running"] is True
+    assert _merged([one, {**other, "memory_intact": False}])["memory_intact"] is False
+    assert _merged([one, {**other, "vm_running": False}])["vm_running"] is False
+    assert "vm" not in _merged([one]) and _merged([one])["recover_s"] == 20.0
 
 
 def test_a_flapping_link_is_three_cuts_of_2_to_6_s_within_30_s() -> None:
@@ -52,3 +85,14 @@ def test_table_counts_and_flags_mismatches(tmp_path: Path) -> None:
     assert "kill-dst/precopy" not in listed
     for cid, why in WHY_UNRECOVERABLE.items():
         assert f"- **{cid}**: {why}." in section
+
+
+def test_link_back_to_recovered_counts_each_restore_that_a_recovery_followed() -> None:
+    events = [{"name": "postcopy-recovered", "delivered_ts": t} for t in (112.5, 130.4)]
+    report = {"events": [{"name": "postcopy-paused", "delivered_ts": 105.0}, *events]}
+    # a flap: the first cut (restored at 100) was too short to pause post-copy; the second
+    # (restored at 112) was recovered 0.5 s later, the third (restored at 130) 0.4 s later
+    assert _back_to_recovered(report, [100.0, 112.0, 130.0]) == 0.5
+    assert _back_to_recovered(report, [100.0]) == 12.5
+    assert _back_to_recovered(report, []) is None and _back_to_recovered(None, [1.0]) is None
+    assert _back_to_recovered({"events": []}, [100.0]) is None
