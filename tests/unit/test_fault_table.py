@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from livemig.bench.faults import (
     FAULTS,
@@ -11,8 +14,10 @@ from livemig.bench.faults import (
     WHY_UNRECOVERABLE,
     _back_to_recovered,
     _merged,
+    merge_trials,
     write_reliability,
 )
+from livemig.errors import UsageError
 
 
 def test_the_matrix_covers_every_fault_in_every_phase() -> None:
@@ -96,3 +101,23 @@ def test_link_back_to_recovered_counts_each_restore_that_a_recovery_followed() -
     assert _back_to_recovered(report, [100.0]) == 12.5
     assert _back_to_recovered(report, []) is None and _back_to_recovered(None, [1.0]) is None
     assert _back_to_recovered({"events": []}, [100.0]) is None
+
+
+def test_parts_merge_into_one_matrix_renumbered_per_cell(tmp_path: Path) -> None:
+    for part, cells in (("r1", ["flap/postcopy", "kill-dst/precopy"]), ("r2", ["flap/postcopy"])):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "trials.json").write_text(json.dumps([_trial(c, trial=1) for c in cells]))
+    merged = merge_trials([tmp_path / "r1", tmp_path / "r2"])
+    assert [(t["fault"], t["trial"], t["part"]) for t in merged] == [
+        ("flap/postcopy", 1, "r1"),
+        ("kill-dst/precopy", 1, "r1"),
+        ("flap/postcopy", 2, "r2"),
+    ]
+
+
+def test_a_folder_without_trials_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not a faults-inject result"):
+        merge_trials([tmp_path])
+    (tmp_path / "trials.json").write_text('{"runs": []}')
+    with pytest.raises(UsageError, match="expected a list of trials"):
+        merge_trials([tmp_path])

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from livemig.control import stream
-from livemig.errors import LivemigError
+from livemig.errors import LivemigError, UsageError
 from livemig.guest import parse_workload
 from livemig.lab import Lab, Shaping
 from livemig.lab.tripwire import Tripwire
@@ -35,7 +35,7 @@ from livemig.spec import VMSpec
 from livemig.units import parse_rate
 from livemig.vm import start_vm, stop_vm
 
-__all__ = ["FAULTS", "Fault", "run_faults", "run_trial", "write_reliability"]
+__all__ = ["FAULTS", "Fault", "merge_trials", "run_faults", "run_trial", "write_reliability"]
 
 PHASES: Final = ("precopy", "switchover", "postcopy")
 # the event that marks each phase, and how long after it the fault strikes
@@ -411,6 +411,25 @@ def run_faults(
         if created:
             lab.down()
     return results
+
+
+def merge_trials(folders: list[Path]) -> list[dict[str, Any]]:
+    """The trials of several runs (each folder's ``trials.json``), in the order given,
+    renumbered per cell (1, 2, ...): a matrix run in parts, then reported as one."""
+    merged: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for folder in folders:
+        path = folder / "trials.json"
+        try:
+            trials = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: not a faults-inject result ({exc})") from exc
+        if not isinstance(trials, list) or not all(isinstance(t, dict) and "fault" in t for t in trials):
+            raise UsageError(f"{path}: not a faults-inject result (expected a list of trials)")
+        for t in trials:
+            seen[t["fault"]] = seen.get(t["fault"], 0) + 1
+            merged.append({**t, "trial": seen[t["fault"]], "part": folder.name})
+    return merged
 
 
 WHY_UNRECOVERABLE: Final[dict[str, str]] = {

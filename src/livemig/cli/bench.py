@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 import click
 
 from livemig.bench import SCENARIOS, cells_for, run_bench, write_report
-from livemig.bench.faults import FAULTS, run_faults, write_reliability
+from livemig.bench.faults import FAULTS, merge_trials, run_faults, write_reliability
 from livemig.cli.context import terminate_unwinds
 from livemig.cli.render import err, out
 from livemig.errors import UsageError
@@ -95,3 +96,18 @@ def bench_faults(trials: int, only: tuple[str, ...], out_dir: Path | None, doc: 
         results = run_faults(faults, trials, out_dir, say=err.print)
     md = write_reliability(results, doc or out_dir / "reliability.md", "livemig " + shlex.join(sys.argv[1:]))
     out.print(f"table: {md}")
+
+
+@bench.command("faults-report")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--doc", type=click.Path(path_type=Path), required=True, help="Write the table here.")
+@click.option(
+    "--trials-out", type=click.Path(path_type=Path), help="Also write the merged trials (JSON) here."
+)
+def bench_faults_report(folders: tuple[Path, ...], doc: Path, trials_out: Path | None) -> None:
+    """One table from faults-inject runs made in parts (each FOLDER holds a trials.json)."""
+    trials = merge_trials(list(folders))
+    if trials_out is not None:
+        trials_out.write_text(json.dumps(trials, indent=1))
+    md = write_reliability(trials, doc, "livemig " + shlex.join(sys.argv[1:]))
+    out.print(f"table: {md} ({len(trials)} trials)")
