@@ -26,8 +26,10 @@ def main(results: Path) -> None:
             continue
         link = "1gbit" if "1gbit" in f.name else "200mbit"
         ms = plan["measured"]
+        top = ms.get("top_nonzero")
         m = Measurement(
-            ms["ram_bytes"], ms["dirty_Bps"], ms["link_Bps"], ms["link_source"], ms.get("resident_bytes")
+            ms["ram_bytes"], ms["dirty_Bps"], ms["link_Bps"], ms["link_source"], ms.get("resident_bytes"),
+            tuple(top) if top else None,
         )
         p = predict_policy(m, parse_policy(rep["policy"]))
         if p is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 
 import pytest
@@ -11,12 +13,14 @@ from livemig.plan import (
     POLICIES,
     SWITCH_MS,
     Measurement,
+    guest_ram,
     nonzero_bytes,
     predict,
     predict_policy,
     present_runs,
     ram_mappings,
     resident_of,
+    top_profile,
 )
 from livemig.policy import parse_policy
 
@@ -59,6 +63,41 @@ def test_an_idle_guest_finishes_in_about_one_pass() -> None:
     pre = p["precopy"]
     assert pre.converges and pre.total_s == pytest.approx(2.26 + 0.3 + 0.025, abs=0.01)  # type: ignore[attr-defined]
     assert pre.pause_ms == 300 + SWITCH_MS  # type: ignore[attr-defined]
+
+
+def test_inside_the_first_pass_only_the_top_of_ram_that_is_not_zero_takes_time() -> None:
+    """The policies family's idle guest at 1 gbit: the 300 ms limit's worth is 37.5 MB, and
+    QEMU stopped it with 10.8 MB pending, all of it data: a 102 ms pause. The guest's top
+    35.8 MiB held that much data (the rest zeros): 86 ms at the link's rate, plus the switch."""
+    per_mib = [1 * MiB] * 80 + [0] * 400 + [int(0.3 * MiB)] * 32  # 80 MiB of kernel and data, a high 32 MiB
+    top = top_profile(per_mib)
+    assert len(top) == 512 and top[0] == int(0.3 * MiB) and top[-1] == sum(per_mib)
+    link = 125e6
+    m = Measurement(512 * MiB, 0.0, link, "test", resident_bytes=sum(per_mib), top_nonzero=top)
+    assert m.nonzero_in_top(32 * MiB) == 32 * int(0.3 * MiB)
+    assert m.nonzero_in_top(512.5 * MiB) == sum(per_mib)  # capped at the whole
+    assert m.nonzero_in_top(0) == 0 and m.nonzero_in_top(0.5 * MiB) == pytest.approx(0.15 * MiB, abs=1)
+    pre = by_policy(m)["precopy"]
+    pending = 32 * 0.3 * MiB  # the limit's worth (37.5 MB = 35.8 MiB) reaches past the top 32 MiB into zeros
+    assert pre.pause_ms == pytest.approx(pending / link * 1000 + SWITCH_MS, abs=0.1)  # type: ignore[attr-defined]
+    assert pre.total_s == pytest.approx(sum(per_mib) / link + SWITCH_MS / 1000, abs=0.01)  # type: ignore[attr-defined]
+    # without the profile, the limit's worth
+    assert (
+        by_policy(Measurement(512 * MiB, 0.0, link, "test", sum(per_mib)))["precopy"].pause_ms
+        == 300 + SWITCH_MS
+    )  # type: ignore[attr-defined]
+
+
+def test_what_the_guest_dirtied_during_the_first_pass_adds_to_the_pause() -> None:
+    """A 5 MB/s writer: behind the first pass's cursor it dirtied 5 MB/s x the pass's time,
+    and that is sent in the pause besides the top of RAM that is not zero."""
+    per_mib = [MiB] * 100 + [0] * 412
+    link, dirty = 125e6, 5e6
+    m = Measurement(512 * MiB, dirty, link, "test", sum(per_mib), top_profile(per_mib))
+    pre = by_policy(m)["precopy"]
+    dirt = dirty * sum(per_mib) / link
+    assert pre.pause_ms == pytest.approx(dirt / link * 1000 + SWITCH_MS, abs=0.1)  # type: ignore[attr-defined]
+    assert pre.bytes == pytest.approx(sum(per_mib) + dirt, rel=1e-6)  # type: ignore[attr-defined]
 
 
 def test_a_link_must_have_a_rate() -> None:
@@ -139,3 +178,19 @@ def test_what_the_first_pass_sends_is_the_present_pages_that_are_not_zero() -> N
     data = bytes(page) + b"\x01" + bytes(page - 1) + bytes(page - 1) + b"\xff" + bytes(page)
     assert nonzero_bytes(data) == 2 * page  # the second and third pages
     assert nonzero_bytes(b"") == 0 and nonzero_bytes(bytes(3 * page)) == 0
+
+
+def test_the_profile_is_read_from_a_real_mapping_of_the_guests_size() -> None:
+    """guest_ram on this very process: a mapping of 7 MiB and 3 pages (a size nothing else
+    here has), one page written in its first MiB and two in its sixth; the rest never
+    touched (not present) or written with zeros."""
+    size = 7 * MiB + 3 * 4096
+    with mmap.mmap(-1, size) as ram:
+        ram[100:104] = b"\x01\x02\x03\x04"
+        ram[5 * MiB : 5 * MiB + 2] = b"\xff\xff"
+        ram[5 * MiB + 4096 * 3] = 7
+        ram[3 * MiB : 3 * MiB + 4096] = bytes(4096)  # present, but zero
+        sent, top = guest_ram(os.getpid(), size)
+    assert sent == 3 * 4096
+    assert top == (0, 0, 2 * 4096, 2 * 4096, 2 * 4096, 2 * 4096, 2 * 4096, 3 * 4096)
+    assert guest_ram(os.getpid(), 3 * MiB + 4096) == (None, None)  # no mapping of that size

@@ -25,7 +25,7 @@ from livemig.job import MigrationJob
 from livemig.lab import Lab, Shaping
 from livemig.lab.plan import guest_ip
 from livemig.observe.poller import StatusPoller, poll_latencies
-from livemig.plan import Measurement, guest_resident_bytes, measure_dirty_rate, predict_policy
+from livemig.plan import Measurement, guest_ram, measure_dirty_rate, predict_policy
 from livemig.policy import parse_policy
 from livemig.registry import Registry
 from livemig.sched import boosted
@@ -171,7 +171,7 @@ def _predict(cell: Cell, reg: Registry, name: str) -> dict[str, Any]:
     inst = reg.load(name).instance
     ram, dirty = asyncio.run(measure_dirty_rate(name, inst.paths.qmp_aux, max(1, round(cell.warmup_s))))
     m = Measurement(ram, dirty, float(parse_rate(cell.bandwidth)), f"cell link {cell.bandwidth}",
-                    guest_resident_bytes(inst.pid, ram))  # fmt: skip
+                    *guest_ram(inst.pid, ram))  # fmt: skip
     p = predict_policy(m, parse_policy(cell.policy))
     return {"measured": asdict(m), "prediction": p.to_dict() if p else None}
 

@@ -14,7 +14,7 @@ from livemig.cli.render import out, plan_table
 from livemig.cli.virt import domain_dirty_rate
 from livemig.errors import UsageError
 from livemig.lab import Lab
-from livemig.plan import Measurement, guest_resident_bytes, measure_dirty_rate, predict
+from livemig.plan import Measurement, guest_ram, measure_dirty_rate, predict
 from livemig.units import parse_rate
 
 __all__ = ["plan"]
@@ -55,16 +55,17 @@ def plan(
         link, source = float(parse_rate(bandwidth, "--bandwidth")), f"--bandwidth {bandwidth}"
     else:
         link, source = float(128 << 20), "QEMU's default max-bandwidth (give --to or --bandwidth)"
-    resident = None
+    resident, top = None, None
     if conn is not None:  # a libvirt domain: libvirt asks its QEMU, the same way
         ram, dirty = domain_dirty_rate(conn, name, seconds, reg.root)
     else:
         ram, dirty = asyncio.run(measure_dirty_rate(name, rec.instance.paths.qmp_aux, seconds))
-        resident = guest_resident_bytes(rec.instance.pid, ram)
-    m = Measurement(ram, dirty, link, source, resident)
+        resident, top = guest_ram(rec.instance.pid, ram)
+    m = Measurement(ram, dirty, link, source, resident, top)
     predictions, reasons = predict(m)
     if as_json:
-        click.echo(json.dumps({"vm": name, "measured": dataclasses.asdict(m),
+        measured = {k: v for k, v in dataclasses.asdict(m).items() if k != "top_nonzero"}  # 1 number a MiB
+        click.echo(json.dumps({"vm": name, "measured": measured,
                                "predictions": [p.to_dict() for p in predictions], "auto": reasons}, indent=2))  # fmt: skip
         return
     touched = f" ({resident / 2**20:.0f} MiB of it resident: the first pass)" if resident else ""
