@@ -81,6 +81,13 @@ def test_table_counts_and_flags_mismatches(tmp_path: Path) -> None:
         in rows["link-down-30s/postcopy"]
     )
     assert "1/2 (**1 mismatches**) | 1 |" in rows["kill-dst/precopy"]
+    missed = write_reliability(
+        [*trials, _trial("kill-dst/precopy", struck=False, trial=3)], tmp_path / "m.md"
+    )
+    assert "| kill-dst/precopy | 2 | 0 |" in missed.read_text()  # a run whose fault never struck is no trial
+    assert (
+        "Not counted: 1 run(s) in which the fault never struck (kill-dst/precopy #3)." in missed.read_text()
+    )
     assert "| - | - | src: failed |" in rows["kill-dst/precopy"]
     assert "src: failed" in rows["kill-dst/precopy"]
     # the unrecoverable cases are listed with their reasons, and only those

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from livemig.control import stream
-from livemig.errors import LivemigError, UsageError
+from livemig.errors import LivemigError, NotMigrating, UsageError
 from livemig.guest import parse_workload
 from livemig.lab import Lab, Shaping
 from livemig.lab.tripwire import Tripwire
@@ -36,6 +37,8 @@ from livemig.units import parse_rate
 from livemig.vm import start_vm, stop_vm
 
 __all__ = ["FAULTS", "Fault", "merge_trials", "run_faults", "run_trial", "write_reliability"]
+
+log = logging.getLogger(__name__)
 
 PHASES: Final = ("precopy", "switchover", "postcopy")
 # the event that marks each phase, and how long after it the fault strikes
@@ -123,14 +126,25 @@ async def _beating(path: Path, seconds: float = 1.0) -> bool:
 
 def _wait_event(reg: Registry, name: str, event: str, deadline_s: float) -> bool:
     """Block until ``name``'s migration pushes ``event`` (through its control socket)."""
-    path = reg.control_socket(name)
+    return wait_event(reg.control_socket(name), name, event, deadline_s)
+
+
+def wait_event(path: Path, name: str, event: str, deadline_s: float) -> bool:
+    """Block until the migration served on control socket ``path`` pushes ``event`` (its
+    history counts); False if it ends without it, or ``deadline_s`` passes. A socket that
+    is not there yet, or whose migration has not started yet, is asked again."""
     end = time.monotonic() + deadline_s
-    while not path.exists() and time.monotonic() < end:
-        time.sleep(0.02)
-    with contextlib.suppress(LivemigError, OSError):
-        for msg in stream(path, name, "events", timeout=deadline_s):
-            if msg.get("event", {}).get("name") == event:
-                return True
+    while time.monotonic() < end:
+        try:
+            for msg in stream(path, name, "events", timeout=max(end - time.monotonic(), 0.01)):
+                if msg.get("event", {}).get("name") == event:
+                    return True
+            return False
+        except NotMigrating:  # no socket yet, or its migration not yet started
+            time.sleep(0.02)
+        except (LivemigError, OSError) as exc:
+            log.info("%s: waiting for %s: %s", name, event, exc)
+            return False
     return False
 
 
@@ -152,7 +166,8 @@ class _Strike:
         try:
             event, delay = TRIGGER[self.fault.phase]
             if not all(_wait_event(self.reg, n, event, 120.0) for n in self.fault.names):
-                return  # the phase never came
+                self.notes["missed"] = f"no {event!r} event came: the fault did not strike"
+                return
             time.sleep(delay)
             self.struck = time.time()
             STRIKES[self.fault.kind](self)
@@ -449,8 +464,10 @@ def _median_max(values: list[float | None]) -> str:
 
 def write_reliability(trials: list[dict[str, Any]], path: Path, command: str = "") -> Path:
     cells: dict[str, list[dict[str, Any]]] = {}
+    missed = [t for t in trials if t.get("struck") is False]  # the fault never struck: not a trial of it
     for t in trials:
-        cells.setdefault(t["fault"], []).append(t)
+        if t.get("struck") is not False:
+            cells.setdefault(t["fault"], []).append(t)
     lines = ["# livemig reliability: fault injection", ""]
     if command:
         lines += ["Produced by:", "", "```sh", command, "```", ""]
@@ -488,6 +505,9 @@ def write_reliability(trials: list[dict[str, Any]], path: Path, command: str = "
         lines.append(
             f"| {cid} | {n} | {done} | {running}/{n} | {mem} | {left} | {rec} | {rtime} | {back} | {outcome} |"
         )
+    if missed:
+        lines += ["", f"Not counted: {len(missed)} run(s) in which the fault never struck ("
+                  + ", ".join(f"{t['fault']} #{t['trial']}" for t in missed) + ")."]  # fmt: skip
     lines += ["", "## Unrecoverable cases, and why", ""]
     for cid, why in WHY_UNRECOVERABLE.items():
         lines.append(f"- **{cid}**: {why}.")
