@@ -8,15 +8,8 @@ from typing import Any
 
 import pytest
 
-from livemig.bench.faults import (
-    FAULTS,
-    FLAP,
-    WHY_UNRECOVERABLE,
-    _back_to_recovered,
-    _merged,
-    merge_trials,
-    write_reliability,
-)
+from livemig.bench.faultreport import WHY_UNRECOVERABLE, merge_trials, write_reliability
+from livemig.bench.faults import FAULTS, FLAP, _back_to_recovered, _merged
 from livemig.errors import UsageError
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from livemig.bench import SCENARIOS, cells_for, run_bench, write_report
-from livemig.bench.faults import FAULTS, merge_trials, run_faults, write_reliability
+from livemig.bench.faultreport import merge_trials, write_reliability
+from livemig.bench.faults import FAULTS, run_faults
 from livemig.cli.context import terminate_unwinds
 from livemig.cli.render import err, out
 from livemig.errors import UsageError
