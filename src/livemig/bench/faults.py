@@ -302,7 +302,10 @@ def _outcome(
     out["where"] = (report or {}).get("where")
     if out["status"] != "completed":
         out["stderr_tail"] = stderr.strip().splitlines()[-20:]
-    out["recovered"] = ((report or {}).get("recovery") or {}).get("recovered", 0)
+    recovery = (report or {}).get("recovery") or {}
+    out["recovered"] = recovery.get("recovered", 0)
+    if recovery:
+        out["recovery"] = recovery  # outages, livemig's pauses, attempts, the last recovery's time
     out["link_back_to_recovered_s"] = _back_to_recovered(report, strike.restored)
     if strike.notes.get("trip") and report:  # did a recovery finish before the second cut?
         first_back, trip = strike.restored[0], strike.restored[0] + strike.notes["trip"]["after_restore_s"]
