@@ -155,7 +155,7 @@ def test_vm_lifecycle_commands(vms: VMFactory) -> None:
 
 def test_plan_predicts_every_policy_and_leaves_the_vm_as_it_was(vms: VMFactory) -> None:
     src = vms.start(workload="dirty:mib=32,rate=8")
-    proc = livemig("plan", "vm", "--bandwidth", "25M", "--seconds", "1", "--json", runtime=vms.runtime)
+    proc = livemig("plan", "vm", "--bandwidth", "25M", "--seconds", "2", "--json", runtime=vms.runtime)
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     assert [p["policy"] for p in plan["predictions"]] == [
@@ -163,9 +163,10 @@ def test_plan_predicts_every_policy_and_leaves_the_vm_as_it_was(vms: VMFactory) 
     ]  # fmt: skip
     measured = plan["measured"]
     assert measured["ram_bytes"] == 256 << 20  # QEMU's own figure for the guest's memory
-    # the guest writes 8 MiB/s; QEMU hashes 1024 of its 65536 pages, of which 1/32 change
-    # in the 1 s window: about 32 hits, so the reading falls well inside a factor of 2
-    assert 4 << 20 < measured["dirty_Bps"] < 16 << 20
+    # the guest writes 8 MiB/s; QEMU hashes 1024 of its 65536 pages, of which 1/16 change in
+    # the 2 s window: about 64 hits. Over 1 s (about 32) one run read exactly 4 MiB/s, half;
+    # a reading under 3 MiB/s is now 5 standard deviations off
+    assert 3 << 20 <= measured["dirty_Bps"] < 16 << 20
     # the first pass: what the guest touched of its RAM (its 32 MiB region at least), from /proc
     assert 32 << 20 <= measured["resident_bytes"] < 256 << 20
     assert plan["auto"] and plan["auto"][0].startswith("pass 1:")
