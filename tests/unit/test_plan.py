@@ -125,12 +125,24 @@ def test_a_runs_error_against_plan() -> None:
 
     def rep(status: str) -> MigrationReport:
         return MigrationReport(
-            "vm", status, "precopy", "10.0.2", "tcg", False, total_time_ms=8000.0, blackout_ms=200.0
+            "vm",
+            status,
+            "precopy",
+            "10.0.2",
+            "tcg",
+            False,
+            total_time_ms=8000.0,
+            blackout_ms=200.0,
+            guest={"max_stall_ms": 240.0},
         )
 
     plan = {"prediction": {"total_s": 10.0, "pause_ms": 300.0}}
     got = {m["name"]: m["value"] for m in plan_errors(plan, rep("completed"))}
-    assert got == {"plan_total_error": 0.25, "plan_pause_error": 0.5}  # |10 - 8| / 8, |300 - 200| / 200
+    # |10 - 8| / 8, |300 - 200| / 200, |300 - 240| / 240
+    assert got == {"plan_total_error": 0.25, "plan_pause_error": 0.5, "plan_stall_error": 0.25}
+    switched = {"prediction": {"total_s": 10.0, "pause_ms": None}}  # post-copy: no stall predicted
+    got = {m["name"]: m["value"] for m in plan_errors(switched, rep("completed"))}
+    assert got["plan_stall_error"] is None and got["plan_pause_error"] is None
     assert {m["value"] for m in plan_errors(plan, rep("cancelled"))} == {None}  # not a result
     assert {m["value"] for m in plan_errors(None, rep("completed"))} == {None}  # no prediction recorded
 

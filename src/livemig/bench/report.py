@@ -240,7 +240,11 @@ def plan_targets(summaries: list[Summary]) -> list[dict[str, Any]]:
     the median of |predicted - measured| / measured, for total time and for the pause
     (pre-copy's predicted stop-and-copy against the blackout)."""
     out = []
-    for metric, what in (("plan_total_error", "total time"), ("plan_pause_error", "pause")):
+    for metric, what in (
+        ("plan_total_error", "total time"),
+        ("plan_pause_error", "pause"),
+        ("plan_stall_error", "stall (runs that end in pre-copy)"),
+    ):
         errs = sorted(v for s in summaries for v in s.values(metric, True))
         if errs:
             med = statistics.median(errs)

@@ -106,8 +106,11 @@ def blackout_net_ms(metrics: dict[str, Any]) -> float | None:
 
 def plan_errors(plan: dict[str, Any] | None, report: MigrationReport) -> list[dict[str, Any]]:
     """How far ``livemig plan``'s prediction was from this run, as a share of the measured
-    figure: total time, and the pause (pre-copy's stop-and-copy against the blackout)
-    where it predicted one. None where either side is missing or the run did not complete."""
+    figure: total time, and the pause (pre-copy's stop-and-copy) where it predicted one,
+    against the blackout and against the guest's longest stall (what the guest felt: the
+    blackout plus the serial line's catch-up). None where either side is missing or the
+    run did not complete. Post-copy's fault stalls are not predicted, so a policy that
+    switches has no stall error."""
     p = (plan or {}).get("prediction") or {}
     done = report.status == "completed"
 
@@ -124,6 +127,9 @@ def plan_errors(plan: dict[str, Any] | None, report: MigrationReport) -> list[di
             "ratio",
         ),
         _metric("plan_pause_error", err(p.get("pause_ms"), report.blackout_ms), "ratio"),
+        _metric(
+            "plan_stall_error", err(p.get("pause_ms"), (report.guest or {}).get("max_stall_ms")), "ratio"
+        ),
     ]
 
 
