@@ -12,14 +12,12 @@ import errno
 import json
 import signal
 import socket
-import struct
 import sys
 import time
 from pathlib import Path
 from typing import IO
 
-ETH_P_ALL = 0x0003
-ETH_P_IP = 0x0800
+from livemig.lab.tripwire import ETH_P_ALL, tcp_frame
 
 
 def main(ifname: str, out: Path) -> None:
@@ -43,20 +41,11 @@ def main(ifname: str, out: Path) -> None:
             time.sleep(0.05)
             continue
         frames += 1
-        if (
-            len(frame) < 34
-            or struct.unpack("!H", frame[12:14])[0] != ETH_P_IP
-            or frame[23] != socket.IPPROTO_TCP
-        ):
+        tcp = tcp_frame(frame)
+        if tcp is None or not tcp[2]:
             continue
-        ihl = (frame[14] & 0x0F) * 4
-        total = struct.unpack("!H", frame[16:18])[0]
-        tcp = 14 + ihl
-        data = frame[tcp + (frame[tcp + 12] >> 4) * 4 : 14 + total]
-        if not data:
-            continue
-        sport, dport = struct.unpack("!HH", frame[tcp : tcp + 4])
-        key = f"{socket.inet_ntoa(frame[26:30])}_{sport}-{socket.inet_ntoa(frame[30:34])}_{dport}"
+        (saddr, sport, daddr, dport), _, data = tcp
+        key = f"{saddr}_{sport}-{daddr}_{dport}"
         if key not in files:
             files[key] = (out / f"flow-{key}.bin").open("wb")
         files[key].write(data)

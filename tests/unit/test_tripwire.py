@@ -18,16 +18,16 @@ def _frame(
 
 
 def test_a_syn_opens_a_flow_toward_its_destination() -> None:
-    flow, flags, payload = tcp_frame(_frame(TCP_SYN)) or (None, 0, -1)
+    flow, flags, payload = tcp_frame(_frame(TCP_SYN)) or (None, 0, None)
     assert flow == ("192.0.2.10", 40000, "192.0.2.11", 4444)
-    assert flags & TCP_SYN and not flags & TCP_ACK and payload == 0
+    assert flags & TCP_SYN and not flags & TCP_ACK and payload == b""
 
 
-def test_data_is_counted_without_the_ethernet_padding() -> None:
+def test_data_is_read_without_the_ethernet_padding() -> None:
     parsed = tcp_frame(_frame(TCP_ACK, b"hello"))
-    assert parsed is not None and parsed[2] == 5
+    assert parsed is not None and parsed[2] == b"hello"
     padded = _frame(TCP_ACK) + b"\x00" * 6  # a short frame padded to Ethernet's minimum
-    assert (tcp_frame(padded) or (None, 0, -1))[2] == 0
+    assert (tcp_frame(padded) or (None, 0, None))[2] == b""
 
 
 def test_other_frames_are_ignored() -> None:

@@ -42,8 +42,9 @@ TCP_ACK: Final = 0x10
 Flow = tuple[str, int, str, int]  # source address and port, destination address and port
 
 
-def tcp_frame(frame: bytes) -> tuple[Flow, int, int] | None:
-    """An Ethernet frame's TCP flow, flags and payload length; None if it is not IPv4 TCP."""
+def tcp_frame(frame: bytes) -> tuple[Flow, int, bytes] | None:
+    """An Ethernet frame's TCP flow, flags and payload (without Ethernet's padding); None
+    if it is not IPv4 TCP."""
     if len(frame) < 34 or struct.unpack("!H", frame[12:14])[0] != ETH_P_IP or frame[23] != socket.IPPROTO_TCP:
         return None
     ihl = (frame[14] & 0x0F) * 4
@@ -52,7 +53,7 @@ def tcp_frame(frame: bytes) -> tuple[Flow, int, int] | None:
     if len(frame) < tcp + 14:
         return None
     sport, dport = struct.unpack("!HH", frame[tcp : tcp + 4])
-    payload = max(0, total - ihl - (frame[tcp + 12] >> 4) * 4)
+    payload = frame[tcp + (frame[tcp + 12] >> 4) * 4 : 14 + total]
     flow = (socket.inet_ntoa(frame[26:30]), sport, socket.inet_ntoa(frame[30:34]), dport)
     return flow, frame[tcp + 13], payload
 
@@ -154,7 +155,7 @@ class Tripwire:
             elif (syn and self.on == "syn") or (payload and (flow in opened or _reverse(flow) in opened)):
                 self._cut(ctl)
                 self.frame = (
-                    f"{'SYN' if syn else f'{payload} bytes'} {flow[0]}:{flow[1]} -> {flow[2]}:{flow[3]}"
+                    f"{'SYN' if syn else f'{len(payload)} bytes'} {flow[0]}:{flow[1]} -> {flow[2]}:{flow[3]}"
                 )
                 log.info("tripwire: %s cut at %s", self.port, self.frame)
                 return
