@@ -42,9 +42,10 @@ TCP_ACK: Final = 0x10
 Flow = tuple[str, int, str, int]  # source address and port, destination address and port
 
 
-def tcp_frame(frame: bytes) -> tuple[Flow, int, bytes] | None:
-    """An Ethernet frame's TCP flow, flags and payload (without Ethernet's padding); None
-    if it is not IPv4 TCP."""
+def tcp_frame(frame: bytes) -> tuple[Flow, int, memoryview] | None:
+    """An Ethernet frame's TCP flow, flags and payload (without Ethernet's padding, a view:
+    the tripwire only needs its length, so nothing is copied before it cuts); None if it
+    is not IPv4 TCP."""
     if len(frame) < 34 or struct.unpack("!H", frame[12:14])[0] != ETH_P_IP or frame[23] != socket.IPPROTO_TCP:
         return None
     ihl = (frame[14] & 0x0F) * 4
@@ -53,7 +54,7 @@ def tcp_frame(frame: bytes) -> tuple[Flow, int, bytes] | None:
     if len(frame) < tcp + 14:
         return None
     sport, dport = struct.unpack("!HH", frame[tcp : tcp + 4])
-    payload = frame[tcp + (frame[tcp + 12] >> 4) * 4 : 14 + total]
+    payload = memoryview(frame)[tcp + (frame[tcp + 12] >> 4) * 4 : 14 + total]
     flow = (socket.inet_ntoa(frame[26:30]), sport, socket.inet_ntoa(frame[30:34]), dport)
     return flow, frame[tcp + 13], payload
 
