@@ -237,8 +237,9 @@ def auto_targets(summaries: list[Summary]) -> list[dict[str, Any]]:
 
 def plan_targets(summaries: list[Summary]) -> list[dict[str, Any]]:
     """``livemig plan``'s error over every run that recorded a prediction (completed runs):
-    the median of |predicted - measured| / measured, for total time and for the pause
-    (pre-copy's predicted stop-and-copy against the blackout)."""
+    the median of |predicted - measured| / measured, for total time, for the pause
+    (pre-copy's predicted stop-and-copy against the blackout) and for the stall (the
+    same prediction against the guest's longest stall)."""
     out = []
     for metric, what in (
         ("plan_total_error", "total time"),
