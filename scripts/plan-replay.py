@@ -1,51 +1,45 @@
 """livemig plan's current model, replayed on the measurements that the policies family
 recorded beside each run (docs/policies/results): the median error of the predicted pause
-against the measured blackout, and of the total time, per link. Pure: no VM, no lab.
+against the measured blackout, of the guest's longest stall, and of the total time, per
+link and per switch (pre-copy; post-copy after 0, 1, 2 passes). Pure: no VM, no lab.
 
     .venv/bin/python scripts/plan-replay.py [RESULTS_DIR]
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-from livemig.plan import Measurement, predict_policy
-from livemig.policy import parse_policy
+from livemig.bench.report import load_results
 
 
 def main(results: Path) -> None:
     errors: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for f in sorted(results.glob("*.json")):
-        run = json.loads(f.read_text())
-        plan, rep = run.get("plan"), run["report"]
-        if not plan or rep["status"] != "completed":
+    for run in load_results(results):  # replays the current model on each run
+        rep = run["report"]
+        if not (run.get("plan") or {}).get("measured") or rep["status"] != "completed":
             continue
-        link = "1gbit" if "1gbit" in f.name else "200mbit"
-        ms = plan["measured"]
-        top = ms.get("top_nonzero")
-        m = Measurement(
-            ms["ram_bytes"], ms["dirty_Bps"], ms["link_Bps"], ms["link_source"], ms.get("resident_bytes"),
-            tuple(top) if top else None,
-        )
-        p = predict_policy(m, parse_policy(rep["policy"]))
-        if p is None:
-            continue
-        if p.pause_ms is not None and rep.get("blackout_ms"):
-            errors[("pause", link)].append(abs(p.pause_ms - rep["blackout_ms"]) / rep["blackout_ms"])
-        if p.total_s is not None and rep.get("total_time_ms"):
-            errors[("total", link)].append(
-                abs(p.total_s * 1000 - rep["total_time_ms"]) / rep["total_time_ms"]
-            )
-    for what in ("pause", "total"):
+        link = "1gbit" if (rep.get("link") or {}).get("rate_Bps") == 125_000_000 else "200mbit"
+        n = rep.get("switched_at_pass")
+        how = "pre-copy" if n is None else f"post-copy after {min(n, 2)}"
+        ms = {m["name"]: m["value"] for m in run["metrics"]}
+        for what in ("pause", "stall", "total"):
+            v = ms.get(f"plan_{what}_error")
+            if v is not None:
+                errors[(what, link)].append(v)
+                errors[(what, how)].append(v)
+    for what in ("pause", "stall", "total"):
         both = errors[(what, "200mbit")] + errors[(what, "1gbit")]
+        if not both:
+            continue
+        keys = ("200mbit", "1gbit", "pre-copy", "post-copy after 0", "post-copy after 1", "post-copy after 2")
         parts = ", ".join(
-            f"{link} {statistics.median(errors[(what, link)]):.0%} (n={len(errors[(what, link)])})"
-            for link in ("200mbit", "1gbit")
-            if errors[(what, link)]
+            f"{k} {statistics.median(errors[(what, k)]):.0%} (n={len(errors[(what, k)])})"
+            for k in keys
+            if errors[(what, k)]
         )
         print(f"{what}: median error {statistics.median(both):.0%} over {len(both)} runs; {parts}")
 

@@ -18,9 +18,19 @@ is left: the pause is that limit, plus the devices' state and hand-over
 (:data:`SWITCH_MS`; predicting 0 for an idle guest was 80% off, this is 18% where the
 link is the bottleneck). Where that happens inside the first pass, what is left is the
 top of the guest's RAM, whose zero pages take no time: the pause is its non-zero bytes
-(from the same scan of the guest's memory) plus what the guest dirtied. Post-copy's pause is a blackout of tens of ms; what the guest
-then stalls on page faults is not modelled yet (it depends on what the guest touches
-first), and the prediction says so rather than guess.
+(from the same scan of the guest's memory) plus what the guest dirtied.
+
+Post-copy's pause is a blackout of tens of ms; what the guest then feels is its page
+faults (:func:`postcopy_stall_ms`). Switched at once, the guest has nothing on the
+destination, and runs again only once most of what it touches has come, mostly by the
+background stream at the link's rate: its longest stall is the first pass's bytes at the
+link's rate, up to :data:`HOT_NOW_BYTES`. Switched after a pass, it faults on the pages
+its kernel and its processes dirtied since (what it touches next), one page request each,
+and each request waits behind the background stream in the link's queue
+(:func:`request_ms`). Which pages those are, this model cannot see (no access tracking in
+this kernel: ``/sys/kernel/mm/page_idle`` is absent, and soft-dirty sees writes only), so
+their number is calibrated (:data:`FAULTS_AFTER`): on one run of the policies family,
+checked on another (docs/policies).
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,8 +48,9 @@ from livemig.policy.auto import QEMU_DEFAULT_LIMIT_MS, decide_auto, initial_limi
 from livemig.qemu.monitor import Monitor
 
 __all__ = [
-    "POLICIES", "SWITCH_MS", "Measurement", "Prediction", "guest_ram", "measure_dirty_rate",
-    "nonzero_bytes", "predict", "predict_policy", "present_runs", "ram_mappings", "resident_of", "top_profile",
+    "FAULTS_AFTER", "HOT_NOW_BYTES", "POLICIES", "SWITCH_MS", "Measurement", "Prediction", "guest_ram",
+    "measure_dirty_rate", "nonzero_bytes", "postcopy_stall_ms", "predict", "predict_policy", "present_runs",
+    "ram_mappings", "request_ms", "resident_of", "top_profile",
 ]  # fmt: skip
 
 MAX_PASSES: Final = 60
@@ -61,6 +72,13 @@ class Measurement:
     # Non-zero bytes in the top 1, 2, ... MiB of the guest's RAM (cumulative): the end of
     # QEMU's first pass, which goes up the guest's addresses (None: unknown).
     top_nonzero: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Measurement:
+        """A measurement as :func:`dataclasses.asdict` recorded it (a bench run's ``plan``)."""
+        top = d.get("top_nonzero")
+        return cls(int(d["ram_bytes"]), float(d["dirty_Bps"]), float(d["link_Bps"]), str(d["link_source"]),
+                   d.get("resident_bytes"), tuple(top) if top else None)  # fmt: skip
 
     @property
     def first_pass_bytes(self) -> float:
@@ -90,6 +108,8 @@ class Prediction:
     total_s: float | None
     bytes: int | None
     note: str
+    # the guest's longest stall: pre-copy's pause, or post-copy's blackout and fault stalls
+    stall_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,7 +165,8 @@ def _precopy(m: Measurement, limit_ms: float, name: str) -> Prediction:
         sent = sum(b for _, b in passes[:-2]) + m.link_Bps * into + pending
     pause = pending / m.link_Bps * 1000.0 + SWITCH_MS
     return Prediction(name, True, len(passes) - 1, round(pause, 1), round(end + SWITCH_MS / 1000, 2), int(sent),
-                      f"converges after {len(passes) - 1} pass(es) with {pending / MIB:.2f} MiB left")  # fmt: skip
+                      f"converges after {len(passes) - 1} pass(es) with {pending / MIB:.2f} MiB left",
+                      round(pause, 1))  # fmt: skip
 
 
 def _stop_in_first_pass(
@@ -168,14 +189,45 @@ def _stop_in_first_pass(
     return (passes[0][1] + dirt) / m.link_Bps, top + dirt
 
 
+HOST_REQUEST_MS: Final = 0.41
+"""A post-copy page request's cost on the hosts (TCG, userfaultfd, QEMU's threads): the
+vCPU's wait per request on a 10 gbit link, which the stream never fills (docs/pacing)."""
+QUEUE_BYTES: Final = 75_000
+"""What a page's answer waits behind in the link's queue: about one TSO burst of the
+background stream (docs/pacing: 2.9 ms a request more at 200 mbit, 0.63 ms at 1 gbit)."""
+HOT_NOW_BYTES: Final = 117 * 1024 * 1024
+"""Switched at once, what a guest must have before it runs again, at most: the median of
+the bytes that came at the link's rate during the longest stall of ``postcopy-now`` on the
+guests larger than that (stream, nonconverge, readmostly; policies family at 71cc629, both
+links). Smaller guests wait for most of their memory (0.84-1.14x of the first pass)."""
+FAULTS_AFTER: Final = (320, 220)
+"""Page requests in the guest's longest stall, switched after 1 and after 2 or more
+passes: the medians over the workloads of the policies family at 71cc629 (both links) of
+the stall less the switch, over :func:`request_ms`. Checked on the family at a282cbf."""
+
+
+def request_ms(link_Bps: float) -> float:
+    """What one post-copy page request costs the waiting vCPU on a link of ``link_Bps``:
+    the hosts' own cost, plus the wait behind the background stream in the link's queue."""
+    return HOST_REQUEST_MS + QUEUE_BYTES / link_Bps * 1000.0
+
+
+def postcopy_stall_ms(m: Measurement, after: int) -> float:
+    """The guest's longest stall when post-copy starts after ``after`` pre-copy passes:
+    the switch, then the wait for what the guest touches first (the module's docstring)."""
+    if after == 0:
+        return SWITCH_MS + min(m.first_pass_bytes, HOT_NOW_BYTES) / m.link_Bps * 1000.0
+    return SWITCH_MS + FAULTS_AFTER[min(after, len(FAULTS_AFTER)) - 1] * request_ms(m.link_Bps)
+
+
 def _postcopy(m: Measurement, after: int, name: str) -> Prediction:
     passes = _passes(m, 0.0)[: after + 1]
     t_switch, left = passes[-1] if after else (0.0, m.first_pass_bytes)
     sent = sum(b for _, b in passes[:-1]) + left
     return Prediction(name, True, after, None, round(t_switch + left / m.link_Bps, 2), int(sent),
                       f"switches after {after} pass(es); {left / MIB:.0f} MiB then arrive on demand and in the "
-                      "background: the pause is a blackout of tens of ms, the guest's fault stalls are not "
-                      "predicted")  # fmt: skip
+                      "background: a blackout of tens of ms, then the guest's page faults",
+                      round(postcopy_stall_ms(m, after), 1))  # fmt: skip
 
 
 def _auto(m: Measurement, params: AutoParams) -> tuple[Prediction, list[str]]:
@@ -193,13 +245,9 @@ def _auto(m: Measurement, params: AutoParams) -> tuple[Prediction, list[str]]:
         limit = d.downtime_limit_ms or limit
         if d.action is Action.SWITCH:
             p = _postcopy(m, n - 1, "auto")
-            return Prediction(
-                "auto", True, n - 1, None, p.total_s, p.bytes, f"switches at pass {n}: {d.reason}"
-            ), reasons
+            return replace(p, policy="auto", note=f"switches at pass {n}: {d.reason}"), reasons
     p = _precopy(m, limit, "auto")
-    return Prediction(
-        "auto", p.converges, p.passes, p.pause_ms, p.total_s, p.bytes, f"stays in pre-copy: {p.note}"
-    ), reasons
+    return replace(p, policy="auto", note=f"stays in pre-copy: {p.note}"), reasons
 
 
 def predict(

@@ -170,6 +170,8 @@ def test_plan_predicts_every_policy_and_leaves_the_vm_as_it_was(vms: VMFactory) 
     # the first pass: what the guest touched of its RAM (its 32 MiB region at least), from /proc
     assert 32 << 20 <= measured["resident_bytes"] < 256 << 20
     assert plan["auto"] and plan["auto"][0].startswith("pass 1:")
+    # every policy that completes has the guest's longest stall predicted, post-copy's too
+    assert all(p["stall_ms"] > 0 for p in plan["predictions"] if p["converges"])
     # the VM is as it was: running, same QEMU, no migration recorded or under way in QEMU
     rec = vms.record()
     assert rec.instance.pid == src.instance.pid and qemu_running(src.instance.pid) and rec.migration is None

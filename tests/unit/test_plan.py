@@ -5,20 +5,25 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from dataclasses import asdict
 
 import pytest
 
 from livemig.errors import UsageError
 from livemig.plan import (
+    FAULTS_AFTER,
+    HOT_NOW_BYTES,
     POLICIES,
     SWITCH_MS,
     Measurement,
     guest_ram,
     nonzero_bytes,
+    postcopy_stall_ms,
     predict,
     predict_policy,
     present_runs,
     ram_mappings,
+    request_ms,
     resident_of,
     top_profile,
 )
@@ -119,6 +124,70 @@ def test_one_policy_as_given() -> None:
     assert auto is not None and auto.pause_ms is not None and auto.pause_ms <= 20 + SWITCH_MS
 
 
+@pytest.mark.parametrize(
+    ("first_pass_mib", "link", "after", "expected_ms"),
+    [
+        # switched at once: the first pass's bytes at the link's rate, up to 117 MiB
+        (96, 25e6, 0, SWITCH_MS + 96 * MiB / 25e6 * 1000),
+        (330, 25e6, 0, SWITCH_MS + 117 * MiB / 25e6 * 1000),
+        (330, 125e6, 0, SWITCH_MS + 117 * MiB / 125e6 * 1000),
+        # after passes: 320, then 220 requests, each 0.41 ms plus 75 KB at the link's rate
+        (96, 25e6, 1, SWITCH_MS + 320 * (0.41 + 3.0)),
+        (96, 25e6, 2, SWITCH_MS + 220 * (0.41 + 3.0)),
+        (96, 25e6, 5, SWITCH_MS + 220 * (0.41 + 3.0)),
+        (96, 125e6, 1, SWITCH_MS + 320 * (0.41 + 0.6)),
+    ],
+    ids=["now-small", "now-large", "now-large-1gbit", "after1", "after2", "after5", "after1-1gbit"],
+)
+def test_post_copys_stall(first_pass_mib: int, link: float, after: int, expected_ms: float) -> None:
+    m = Measurement(512 * MiB, 30 * MiB, link, "test", resident_bytes=first_pass_mib * MiB)
+    assert postcopy_stall_ms(m, after) == pytest.approx(expected_ms, rel=1e-9)
+    assert 117 * MiB == HOT_NOW_BYTES and FAULTS_AFTER == (320, 220)  # what the table assumes
+
+
+def test_every_policy_predicts_the_guests_stall() -> None:
+    """Pre-copy's stall is its pause; post-copy's grows with less pre-copy first and with a
+    slower link; the one auto ends in is its own."""
+    for link in (25e6, 125e6):
+        p = by_policy(Measurement(512 * MiB, 8 * MiB, link, "test", resident_bytes=100 * MiB))
+        assert p["precopy"].stall_ms == p["precopy"].pause_ms  # type: ignore[attr-defined]
+        stalls = [p[k].stall_ms for k in ("postcopy-now", "postcopy-after:1", "postcopy-after:2")]  # type: ignore[attr-defined]
+        assert stalls == sorted(stalls, reverse=True) and stalls[2] > SWITCH_MS
+    fast, slow = (
+        by_policy(Measurement(512 * MiB, 0.0, r, "t", resident_bytes=100 * MiB)) for r in (125e6, 25e6)
+    )
+    assert request_ms(25e6) > request_ms(125e6) > 0.41
+    assert slow["postcopy-after:1"].stall_ms > fast["postcopy-after:1"].stall_ms  # type: ignore[attr-defined]
+    switching = by_policy(Measurement(384 * MiB, 30 * MiB, 25 * MiB, "test"))["auto"]
+    assert switching.pause_ms is None  # type: ignore[attr-defined]
+    assert switching.stall_ms == round(postcopy_stall_ms(Measurement(384 * MiB, 30 * MiB, 25 * MiB, "test"),
+                                                         switching.passes), 1)  # type: ignore[attr-defined]  # fmt: skip
+
+
+def test_a_recorded_run_is_replayed_with_the_current_model() -> None:
+    """bench report puts the current model's prediction and errors in a recorded run, from
+    the measurement recorded beside it; the prediction made at run time is kept."""
+    from livemig.bench.report import replay_plan
+
+    m = Measurement(512 * MiB, 30 * MiB, 25e6, "cell link 200mbit", 330 * MiB, (1, 2, 3))
+    old = {"policy": "postcopy-after:1", "stall_ms": None, "total_s": 1.0}
+    run = {
+        "plan": {"measured": asdict(m),
+                 "prediction": old},
+        "report": {"policy": "postcopy-after:1", "status": "completed", "total_time_ms": 26000.0,
+                   "blackout_ms": 60.0, "guest": {"max_stall_ms": 1200.0}},
+        "metrics": [{"name": "plan_stall_error", "value": None, "unit": "ratio"}, {"name": "completed", "value": 1}],
+    }  # fmt: skip
+    replay_plan(run)
+    assert Measurement.from_dict(run["plan"]["measured"]) == m
+    assert run["plan"]["prediction_recorded"] == old
+    want = postcopy_stall_ms(m, 1)
+    assert run["plan"]["prediction"]["stall_ms"] == round(want, 1)
+    ms = {x["name"]: x["value"] for x in run["metrics"]}
+    assert ms["plan_stall_error"] == round(abs(round(want, 1) - 1200.0) / 1200.0, 3)
+    assert ms["completed"] == 1 and len(run["metrics"]) == 4  # replaced, not added twice
+
+
 def test_a_runs_error_against_plan() -> None:
     from livemig.bench.runner import plan_errors
     from livemig.core.report import MigrationReport
@@ -136,13 +205,13 @@ def test_a_runs_error_against_plan() -> None:
             guest={"max_stall_ms": 240.0},
         )
 
-    plan = {"prediction": {"total_s": 10.0, "pause_ms": 300.0}}
+    plan = {"prediction": {"total_s": 10.0, "pause_ms": 300.0, "stall_ms": 300.0}}
     got = {m["name"]: m["value"] for m in plan_errors(plan, rep("completed"))}
     # |10 - 8| / 8, |300 - 200| / 200, |300 - 240| / 240
     assert got == {"plan_total_error": 0.25, "plan_pause_error": 0.5, "plan_stall_error": 0.25}
-    switched = {"prediction": {"total_s": 10.0, "pause_ms": None}}  # post-copy: no stall predicted
+    switched = {"prediction": {"total_s": 10.0, "pause_ms": None, "stall_ms": 360.0}}  # post-copy: no pause
     got = {m["name"]: m["value"] for m in plan_errors(switched, rep("completed"))}
-    assert got["plan_stall_error"] is None and got["plan_pause_error"] is None
+    assert got["plan_pause_error"] is None and got["plan_stall_error"] == 0.5  # |360 - 240| / 240
     assert {m["value"] for m in plan_errors(plan, rep("cancelled"))} == {None}  # not a result
     assert {m["value"] for m in plan_errors(None, rep("completed"))} == {None}  # no prediction recorded
 

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from livemig.bench.plots import plot_scenario, plot_timeline
-from livemig.bench.runner import blackout_net_ms, migration_ms
+from livemig.bench.runner import blackout_net_ms, migration_ms, plan_errors_of
 from livemig.bench.scenarios import SCENARIOS
+from livemig.plan import Measurement, predict_policy
+from livemig.policy import parse_policy
 
-__all__ = ["Summary", "load_results", "summarize", "targets", "write_report"]
+__all__ = ["Summary", "load_results", "replay_plan", "summarize", "targets", "write_report"]
 
 KEY_METRICS: dict[str, tuple[str, ...]] = {
     "idle": ("total_time_ms", "time_vs_bound", "blackout_ms", "max_stall_ms"),
@@ -126,9 +128,28 @@ class Summary:
         return int(sum(self.values("completed")))
 
 
+def replay_plan(run: dict[str, Any]) -> None:
+    """Put the current plan model's prediction and errors in a run that recorded what plan
+    measured: the published errors are then the current model's, on the measurements
+    recorded beside each run (the prediction recorded at run time is kept as
+    ``prediction_recorded``)."""
+    plan = run.get("plan") or {}
+    if not plan.get("measured") or "report" not in run:
+        return
+    policy = parse_policy(run["report"]["policy"])
+    p = predict_policy(Measurement.from_dict(plan["measured"]), policy)
+    plan.setdefault("prediction_recorded", plan.get("prediction"))
+    plan["prediction"] = p.to_dict() if p else None
+    fresh = {m["name"]: m for m in plan_errors_of(plan["prediction"], run["report"])}
+    run["metrics"] = [m for m in run["metrics"] if m["name"] not in fresh] + list(fresh.values())
+
+
 def load_results(d: Path) -> list[dict[str, Any]]:
+    """The runs in ``d``, with the metrics added since derived from what they kept, and
+    plan's prediction replayed with the current model (:func:`replay_plan`)."""
     results = [json.loads(p.read_text()) for p in sorted(d.glob("*.json")) if p.name != "summary.json"]
-    for r in results:  # runs recorded before a metric existed: derive it from what they kept
+    for r in results:
+        replay_plan(r)
         names = {m["name"] for m in r.get("metrics", [])}
         if "migration_ms" not in names and "report" in r:
             r["metrics"].append(
@@ -238,13 +259,14 @@ def auto_targets(summaries: list[Summary]) -> list[dict[str, Any]]:
 def plan_targets(summaries: list[Summary]) -> list[dict[str, Any]]:
     """``livemig plan``'s error over every run that recorded a prediction (completed runs):
     the median of |predicted - measured| / measured, for total time, for the pause
-    (pre-copy's predicted stop-and-copy against the blackout) and for the stall (the
-    same prediction against the guest's longest stall)."""
+    (pre-copy's predicted stop-and-copy against the blackout) and for the guest's longest
+    stall (pre-copy's pause, or post-copy's switch and fault stalls). The predictions are
+    the current model's (:func:`replay_plan`)."""
     out = []
     for metric, what in (
         ("plan_total_error", "total time"),
         ("plan_pause_error", "pause"),
-        ("plan_stall_error", "stall (runs that end in pre-copy)"),
+        ("plan_stall_error", "guest's longest stall"),
     ):
         errs = sorted(v for s in summaries for v in s.values(metric, True))
         if errs:

@@ -40,6 +40,7 @@ __all__ = [
     "migration_ms",
     "options_of",
     "plan_errors",
+    "plan_errors_of",
     "run_bench",
     "run_once",
 ]
@@ -106,13 +107,18 @@ def blackout_net_ms(metrics: dict[str, Any]) -> float | None:
 
 def plan_errors(plan: dict[str, Any] | None, report: MigrationReport) -> list[dict[str, Any]]:
     """How far ``livemig plan``'s prediction was from this run, as a share of the measured
-    figure: total time, and the pause (pre-copy's stop-and-copy) where it predicted one,
-    against the blackout and against the guest's longest stall (what the guest felt: the
-    blackout plus the serial line's catch-up). None where either side is missing or the
-    run did not complete. Post-copy's fault stalls are not predicted, so a policy that
-    switches has no stall error."""
-    p = (plan or {}).get("prediction") or {}
-    done = report.status == "completed"
+    figure: total time; the pause (pre-copy's stop-and-copy) where it predicted one,
+    against the blackout; and the guest's longest stall (pre-copy's pause, or post-copy's
+    switch and fault stalls) against the guest's. None where either side is missing or the
+    run did not complete."""
+    return plan_errors_of((plan or {}).get("prediction"), report.to_dict())
+
+
+def plan_errors_of(prediction: dict[str, Any] | None, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`plan_errors` from a prediction and a report as recorded (``to_dict``): what
+    ``bench report`` uses to replay the current model on recorded runs (pure)."""
+    p = prediction or {}
+    done = report.get("status") == "completed"
 
     def err(predicted: float | None, measured: float | None) -> float | None:
         if not done or predicted is None or not measured:
@@ -123,12 +129,14 @@ def plan_errors(plan: dict[str, Any] | None, report: MigrationReport) -> list[di
     return [
         _metric(
             "plan_total_error",
-            err(total * 1000 if total is not None else None, report.total_time_ms),
+            err(total * 1000 if total is not None else None, report.get("total_time_ms")),
             "ratio",
         ),
-        _metric("plan_pause_error", err(p.get("pause_ms"), report.blackout_ms), "ratio"),
+        _metric("plan_pause_error", err(p.get("pause_ms"), report.get("blackout_ms")), "ratio"),
         _metric(
-            "plan_stall_error", err(p.get("pause_ms"), (report.guest or {}).get("max_stall_ms")), "ratio"
+            "plan_stall_error",
+            err(p.get("stall_ms"), (report.get("guest") or {}).get("max_stall_ms")),
+            "ratio",
         ),
     ]
 

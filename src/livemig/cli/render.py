@@ -95,9 +95,10 @@ def fmt(v: Any) -> str:
 
 
 def plan_table(predictions: list[Prediction]) -> Table:
-    table = Table("policy", "converges", "passes", "pause ms", "total s", "MiB sent", "note",
-                  caption="predicted from the measured dirty rate and the link's rate")  # fmt: skip
+    table = Table("policy", "converges", "passes", "pause ms", "stall ms", "total s", "MiB sent", "note",
+                  caption="predicted from the measured dirty rate and the link's rate; stall: the guest's "
+                          "longest, pause or post-copy's page faults")  # fmt: skip
     for p in predictions:
-        table.add_row(p.policy, "yes" if p.converges else "no", str(p.passes), fmt(p.pause_ms), fmt(p.total_s),
-                      fmt(p.bytes / 2**20 if p.bytes is not None else None), p.note)  # fmt: skip
+        table.add_row(p.policy, "yes" if p.converges else "no", str(p.passes), fmt(p.pause_ms), fmt(p.stall_ms),
+                      fmt(p.total_s), fmt(p.bytes / 2**20 if p.bytes is not None else None), p.note)  # fmt: skip
     return table
