@@ -318,7 +318,7 @@ class MigrationJob:
         link = {
             "from": rec.host, "to": self.to_host, "shaping": str(shaping), "rate_Bps": shaping.rate_bps,
             "burst_bytes": shaping.burst_bytes, "latency_ms": shaping.latency_ms,
-            "wmem_max": lab.plan.wmem_max.get(rec.host),
+            "wmem_max": lab.plan.wmem_max.get(rec.host), "gso_max": lab.plan.gso_max.get(rec.host),
         }  # fmt: skip
         return dst.netns, link
 

@@ -97,13 +97,18 @@ def test_lab_bad_input(lab_env: Path, vms: VMFactory) -> None:
 
 def test_migration_crosses_the_shaped_link(lab_env: Path, vms: VMFactory) -> None:
     rate = 50_000_000  # 400 mbit
-    Lab.up(2, Shaping(rate), lab_env)
+    lab = Lab.up(2, Shaping(rate), lab_env)
+    lab.set_gso_max("src", 16384)  # what a post-copy page's answer waits behind (docs/pacing)
+    assert _gso_max_size(f"{LAB_PREFIX}src") == 16384
     src = vms.start(workload="dirty:mib=96,pattern=seq", host="src")
     assert src.instance.netns == f"{LAB_PREFIX}src"
     opts = MigrationOptions(policy=parse_policy("postcopy-after:1"))
     report = SyncMigration("vm", options=opts, registry=vms.registry, to_host="dst").migrate()
     assert report.status == "completed", report.error
     assert report.link is not None and report.link["rate_Bps"] == rate and report.link["to"] == "dst"
+    assert report.link["gso_max"] == 16384  # the report says what the source's link had
+    lab.set_gso_max("src", None)
+    assert _gso_max_size(f"{LAB_PREFIX}src") == 65536  # the kernel's own again
     assert report.bytes_transferred and report.total_time_ms
     throughput = report.bytes_transferred / (report.total_time_ms / 1000)
     assert throughput < rate * 1.05, f"{throughput / 1e6:.1f} MB/s through a {rate / 1e6:.0f} MB/s link"
@@ -112,6 +117,13 @@ def test_migration_crosses_the_shaped_link(lab_env: Path, vms: VMFactory) -> Non
     assert rec.host == "dst" and rec.instance.netns == f"{LAB_PREFIX}dst" and rec.instance.alive()
     # the destination QEMU really runs inside the dst namespace
     assert os.readlink(f"/proc/{rec.instance.pid}/ns/net") == _netns_id(f"{LAB_PREFIX}dst")
+
+
+def _gso_max_size(netns: str) -> int:
+    """The GSO size cap of ``netns``'s eth0, as the kernel reports it (``ip -d link``)."""
+    out = subprocess.run(["ip", "-n", netns, "-d", "-j", "link", "show", "eth0"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return int(json.loads(out.stdout)[0]["gso_max_size"])
 
 
 def _netns_id(name: str) -> str:

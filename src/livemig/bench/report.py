@@ -36,6 +36,14 @@ KEY_METRICS: dict[str, tuple[str, ...]] = {
         "fault_p99_ms",
         "total_time_ms",
     ),
+    "pacing-gso": (
+        "max_stall_ms",
+        "blocktime_per_request_ms",
+        "postcopy_requests",
+        "switched_at_pass",
+        "progress_share",
+        "total_time_ms",
+    ),
 }
 FAMILY_METRICS: tuple[str, ...] = (
     "max_stall_ms", "stalls_over_100ms", "progress_share", "under_half_s", "blackout_ms", "total_time_ms",
@@ -413,6 +421,8 @@ def _setup(c: dict[str, Any]) -> str:
         extra.append(f"post-copy capped at {c['postcopy_bandwidth']}")
     if c.get("disk"):
         extra.append("a disk on shared storage")
+    if c.get("gso_max"):
+        extra.append(f"the source's GSO size capped at {c['gso_max'] // 1024} KiB")
     return f"Workload `{c['workload']}` in {c['memory_mib']} MiB, link {c['bandwidth']}" + "".join(
         f", {e}" for e in extra
     )

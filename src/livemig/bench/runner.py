@@ -247,7 +247,7 @@ def run_once(cell: Cell, repeat: int, reg: Registry, name: str = "bench") -> dic
     dims = {
         "scenario": cell.scenario, "cell": cell.id, "policy": cell.policy, "qemu_version": report.qemu_version,
         "accel": report.accel, "bandwidth": cell.bandwidth, "latency": cell.latency,
-        "preempt": report.preempt, "wmem_max": cell.wmem_max, "repeat": repeat, "backend": cell.backend,
+        "preempt": report.preempt, "wmem_max": cell.wmem_max, "gso_max": cell.gso_max, "repeat": repeat, "backend": cell.backend,
     }  # fmt: skip
     return {
         "cell": cell.to_dict(),
@@ -288,6 +288,8 @@ def run_bench(
                     lab.shape(shaping)
                 if lab.plan.wmem_max.get("src") != cell.wmem_max:
                     lab.set_wmem_max("src", cell.wmem_max)
+                if lab.plan.gso_max.get("src") != cell.gso_max:
+                    lab.set_gso_max("src", cell.gso_max)
                 left = cells[cells.index(cell) :] + cells * (repeats - r)
                 say(f"[{k}/{total}] {cell.id} repeat {r} ...{_left(took, left)}")
                 began = time.monotonic()
@@ -311,6 +313,7 @@ def run_bench(
             lab.down()
         else:
             lab.set_wmem_max("src", None)
+            lab.set_gso_max("src", None)
             lab.shape(original)
     return written
 

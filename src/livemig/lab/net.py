@@ -31,6 +31,7 @@ __all__ = ["Lab", "lab_prefix"]
 
 log = logging.getLogger(__name__)
 TCP_WMEM_DEFAULT = (4096, 16384, 4194304)
+GSO_MAX_DEFAULT = 65536  # a veth's gso_max_size as created
 
 
 def lab_prefix() -> str:
@@ -252,6 +253,20 @@ class Lab:
         self.plan = LabPlan(**{**self.plan.__dict__, "wmem_max": wmem})
         self._save()
 
+    def set_gso_max(self, host: str, max_bytes: int | None) -> None:
+        """Cap the GSO size of ``host``'s link (None: the kernel's 64 KiB): the largest
+        burst TCP hands its egress queue at once. A socket takes its device's cap when it
+        connects, so this acts on connections made after it. On a slow link a post-copy
+        page's answer waits behind one such burst of the background stream (docs/pacing)."""
+        h = self.plan.host(host)
+        with _ns(h.netns) as ns:
+            ns.link("set", index=_index(ns, h.ifname), gso_max_size=max_bytes or GSO_MAX_DEFAULT)
+        gso = {k: v for k, v in self.plan.gso_max.items() if k != host}
+        if max_bytes is not None:
+            gso[host] = max_bytes
+        self.plan = LabPlan(**{**self.plan.__dict__, "gso_max": gso})
+        self._save()
+
     def set_link(self, host: str, up: bool) -> None:
         """Cut (or restore) ``host``'s link at the switch, like pulling its cable: no RST,
         no FIN, packets just stop. Both directions, and the host sees no carrier change."""
@@ -311,6 +326,7 @@ class Lab:
             "switch": self.plan.switch_netns,
             "missing": sorted(missing),
             "wmem_max": self.plan.wmem_max,
+            "gso_max": self.plan.gso_max,
             "guest_network": {
                 "bridge": f"{GUEST_BRIDGE} in every host", "switch": self.plan.net_netns,
                 "client": self.plan.client_netns, "client_address": CLIENT_ADDRESS, "subnet": "198.51.100.0/24",

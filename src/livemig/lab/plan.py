@@ -86,6 +86,7 @@ class LabPlan:
     switch_netns: str
     bridge: str = "br0"
     wmem_max: dict[str, int] = field(default_factory=dict)  # host -> tcp_wmem max, where changed
+    gso_max: dict[str, int] = field(default_factory=dict)  # host -> its link's GSO size cap, where changed
     net_netns: str = ""  # the guest network's switch (bridge gbr0)
     client_netns: str = ""  # a client of the guests, on the guest network
 
@@ -117,6 +118,7 @@ class LabPlan:
             switch_netns=d["switch_netns"],
             bridge=d.get("bridge", "br0"),
             wmem_max=dict(d.get("wmem_max") or {}),
+            gso_max=dict(d.get("gso_max") or {}),
             net_netns=d.get("net_netns", ""),
             client_netns=d.get("client_netns", ""),
         )
