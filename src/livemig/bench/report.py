@@ -61,6 +61,8 @@ PLOT_METRICS = ("max_stall_ms", "blackout_ms", "total_time_ms")  # the policies 
 
 
 def metrics_for(scenario: str) -> tuple[str, ...]:
+    if scenario == "pacing-gso-others":
+        return KEY_METRICS["pacing-gso"]
     if scenario.startswith("libvirt-"):
         return LIBVIRT_TABLE
     return FAMILY_METRICS if scenario.startswith("policies-") else KEY_METRICS.get(scenario, ())

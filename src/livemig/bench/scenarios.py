@@ -171,6 +171,19 @@ def _pacing_gso() -> list[Cell]:
     ]  # fmt: skip
 
 
+def _pacing_gso_others() -> list[Cell]:
+    """The GSO cap on the family's other 200 mbit workloads: nonconverge, where auto
+    switches after pass 2 as postcopy-after:2 does, and the dirtier, where auto stays in
+    pre-copy (does a smaller burst cost pre-copy anything?)."""
+    cells = [("nonconverge", "postcopy-after:2"), ("nonconverge", "auto"), ("dirtier", "auto")]
+    return [
+        Cell("pacing-gso-others", policy, FAMILY_WORKLOADS[name][0], memory_mib=FAMILY_WORKLOADS[name][1],
+             gso_max=gso, variant=f"{name}/{policy}/gso{gso // 1024 if gso else 64}k")
+        for gso in (None, 8192)
+        for name, policy in cells
+    ]  # fmt: skip
+
+
 def _events_sched() -> list[Cell]:
     return [
         Cell("events-sched", "postcopy-after:1", "dirty:mib=64,pattern=seq", memory_mib=256, boost=b,
@@ -212,6 +225,7 @@ SCENARIOS: Final[dict[str, list[Cell]]] = {
     "pacing": _pacing(),
     # The same, with the source host's GSO size capped: what a page's answer waits behind.
     "pacing-gso": _pacing_gso(),
+    "pacing-gso-others": _pacing_gso_others(),
     **_family(),
     **_libvirt(),
 }
