@@ -1,6 +1,9 @@
 """A migration of a recorded VM, end to end: the destination QEMU derived from the
 same spec, both monitors, the guest's heartbeats, the control socket for other
-processes, and the handover of the VM's record once the destination runs."""
+processes, and the handover of the VM's record once the destination runs.
+
+It is over 500 lines because a run, a takeover and the lab settings that a run makes and
+puts back share one record and must be read together."""
 
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from livemig.lab.plan import GUEST_BRIDGE
 from livemig.observe.heartbeat import HeartbeatReader, guest_view, write_beats
 from livemig.observe.netprobe import NetProbe, network_stats
 from livemig.policy import parse_policy
+from livemig.policy.auto import gso_cap
 from livemig.qemu.binary import find_qemu
 from livemig.qemu.instance import QemuInstance, spawn_owned
 from livemig.qemu.monitor import Monitor
@@ -139,6 +143,7 @@ class MigrationJob:
             QemuInstance.spawn, qemu, rec.spec, rec.instance.accel, reg.root, True, dst_netns, 10.0, launch
         )
         try:  # until it is recorded, nobody else can end it (^C, SIGTERM may strike here)
+            await self._cap_gso(link)  # before QEMU connects: a socket takes its device's cap then
             rec.migration = MigrationRecord(
                 "setup", os.getpid(), dst_inst, policy=str(self.options.policy), started=time.time(),
                 to_host=self.to_host, address=self.options.address, preempt=self.options.preempt, link=link,
@@ -146,6 +151,7 @@ class MigrationJob:
             reg.save(rec)
         except BaseException:
             dst_inst.kill()
+            await self._restore_gso(link)
             raise
         return await self._drive(rec, dst_inst, link, attach=False)
 
@@ -237,6 +243,7 @@ class MigrationJob:
             for r in readers:
                 await r.stop()
             await asyncio.gather(src_mon.close(), dst_mon.close())
+            await self._restore_gso(link)
         self.report = report
         return report
 
@@ -321,6 +328,37 @@ class MigrationJob:
             "wmem_max": lab.plan.wmem_max.get(rec.host), "gso_max": lab.plan.gso_max.get(rec.host),
         }  # fmt: skip
         return dst.netns, link
+
+    async def _cap_gso(self, link: dict[str, Any] | None) -> None:
+        """Cap the source lab host's GSO size for this migration: as the options say, or as
+        auto decides for the link (:func:`~livemig.policy.auto.gso_cap`). The link's record
+        keeps the cap, the size before and why, for the report and for the restore."""
+        gso: int | None
+        if self.options.gso_max is not None:
+            if link is None:
+                raise UsageError("a GSO size cap needs lab hosts: migrate with --to HOST")
+            gso, why = self.options.gso_max, f"GSO size capped at {self.options.gso_max} B as asked"
+        elif self.options.policy.kind == "auto" and link is not None:
+            gso, why = gso_cap(link["rate_Bps"])
+        else:
+            return
+        link["gso_reason"] = why
+        if gso is None:
+            return
+        lab = Lab.load(self.registry.root)
+        link["gso_max_before"] = lab.plan.gso_max.get(link["from"])
+        await asyncio.to_thread(lab.set_gso_max, link["from"], gso)  # pyroute2 runs a loop of its own
+        link["gso_max"] = gso
+        self.log.info("%s", why)
+
+    async def _restore_gso(self, link: dict[str, Any] | None) -> None:
+        """Put back the source host's GSO size from before :meth:`_cap_gso` (its sockets
+        keep theirs: a socket takes its device's cap when it connects)."""
+        if link is None or "gso_max_before" not in link:
+            return
+        lab = Lab.current(self.registry.root)
+        if lab is not None and link["from"] in {h.name for h in lab.plan.hosts}:
+            await asyncio.to_thread(lab.set_gso_max, link["from"], link["gso_max_before"])
 
     def _netprobe(self, rec: VMRecord) -> NetProbe | None:
         """A prober in the lab's client namespace, for a VM on the lab's guest network."""

@@ -44,7 +44,7 @@ from typing import Any, Final
 
 from livemig.errors import LivemigError, QMPCommandError, UsageError
 from livemig.policy import Action, AutoParams, PassStat, Policy, Progress
-from livemig.policy.auto import QEMU_DEFAULT_LIMIT_MS, decide_auto, initial_limit_ms
+from livemig.policy.auto import GSO_DEFAULT, QEMU_DEFAULT_LIMIT_MS, decide_auto, gso_cap, initial_limit_ms
 from livemig.qemu.monitor import Monitor
 
 __all__ = [
@@ -206,28 +206,30 @@ passes: the medians over the workloads of the policies family at 71cc629 (both l
 the stall less the switch, over :func:`request_ms`. Checked on the family at a282cbf."""
 
 
-def request_ms(link_Bps: float) -> float:
+def request_ms(link_Bps: float, gso_bytes: int = GSO_DEFAULT) -> float:
     """What one post-copy page request costs the waiting vCPU on a link of ``link_Bps``:
-    the hosts' own cost, plus the wait behind the background stream in the link's queue."""
-    return HOST_REQUEST_MS + QUEUE_BYTES / link_Bps * 1000.0
+    the hosts' own cost, plus the wait behind the background stream in the link's queue,
+    about one GSO burst of it (:data:`QUEUE_BYTES` for the kernel's 64 KiB; auto caps it
+    on slow links: :func:`~livemig.policy.auto.gso_cap`)."""
+    return HOST_REQUEST_MS + QUEUE_BYTES * gso_bytes / GSO_DEFAULT / link_Bps * 1000.0
 
 
-def postcopy_stall_ms(m: Measurement, after: int) -> float:
+def postcopy_stall_ms(m: Measurement, after: int, gso_bytes: int = GSO_DEFAULT) -> float:
     """The guest's longest stall when post-copy starts after ``after`` pre-copy passes:
     the switch, then the wait for what the guest touches first (the module's docstring)."""
     if after == 0:
         return SWITCH_MS + min(m.first_pass_bytes, HOT_NOW_BYTES) / m.link_Bps * 1000.0
-    return SWITCH_MS + FAULTS_AFTER[min(after, len(FAULTS_AFTER)) - 1] * request_ms(m.link_Bps)
+    return SWITCH_MS + FAULTS_AFTER[min(after, len(FAULTS_AFTER)) - 1] * request_ms(m.link_Bps, gso_bytes)
 
 
-def _postcopy(m: Measurement, after: int, name: str) -> Prediction:
+def _postcopy(m: Measurement, after: int, name: str, gso_bytes: int = GSO_DEFAULT) -> Prediction:
     passes = _passes(m, 0.0)[: after + 1]
     t_switch, left = passes[-1] if after else (0.0, m.first_pass_bytes)
     sent = sum(b for _, b in passes[:-1]) + left
     return Prediction(name, True, after, None, round(t_switch + left / m.link_Bps, 2), int(sent),
                       f"switches after {after} pass(es); {left / MIB:.0f} MiB then arrive on demand and in the "
                       "background: a blackout of tens of ms, then the guest's page faults",
-                      round(postcopy_stall_ms(m, after), 1))  # fmt: skip
+                      round(postcopy_stall_ms(m, after, gso_bytes), 1))  # fmt: skip
 
 
 def _auto(m: Measurement, params: AutoParams) -> tuple[Prediction, list[str]]:
@@ -244,7 +246,7 @@ def _auto(m: Measurement, params: AutoParams) -> tuple[Prediction, list[str]]:
         reasons.append(f"pass {n}: {d}")
         limit = d.downtime_limit_ms or limit
         if d.action is Action.SWITCH:
-            p = _postcopy(m, n - 1, "auto")
+            p = _postcopy(m, n - 1, "auto", gso_cap(m.link_Bps)[0] or GSO_DEFAULT)
             return replace(p, policy="auto", note=f"switches at pass {n}: {d.reason}"), reasons
     p = _precopy(m, limit, "auto")
     return replace(p, policy="auto", note=f"stays in pre-copy: {p.note}"), reasons

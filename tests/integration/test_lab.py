@@ -29,11 +29,19 @@ def test_up_down_are_idempotent_and_leave_nothing(lab_env: Path) -> None:
     up = livemig("lab", "up", "--bandwidth", "100mbit", runtime=lab_env)
     assert up.returncode == 0, up.stderr
     assert sorted(lab_namespaces()) == [f"{LAB_PREFIX}{n}" for n in ("client", "dst", "net", "src", "switch")]
-    again = livemig("lab", "up", "--bandwidth", "300mbit", "--latency", "20ms", runtime=lab_env)
+    again = livemig(
+        "lab", "up", "--bandwidth", "300mbit", "--latency", "20ms", "--gso-max", "8kb", runtime=lab_env
+    )
     assert again.returncode == 0, again.stderr  # up again: the same lab, reshaped
     status = json.loads(livemig("lab", "status", "--json", runtime=lab_env).stdout)
     assert status["shaping"] == "tbf rate 300mbit burst 256kb latency 20ms"
     assert [h["qdisc"]["rate_Bps"] for h in status["hosts"]] == [37_500_000, 37_500_000]
+    assert [_gso_max_size(f"{LAB_PREFIX}{h}") for h in ("src", "dst")] == [8192, 8192]
+    assert "GSO 8 KiB" in livemig("lab", "status", runtime=lab_env).stdout
+    shape = livemig("lab", "shape", "--bandwidth", "300mbit", "--latency", "20ms", runtime=lab_env)
+    assert shape.returncode == 0, shape.stderr  # reshaped without --gso-max: the kernel's 64 KiB again
+    assert [_gso_max_size(f"{LAB_PREFIX}{h}") for h in ("src", "dst")] == [65536, 65536]
+    assert_one_line_error(livemig("lab", "shape", "--gso-max", "128kb", runtime=lab_env), 2, "--gso-max")
     tc = subprocess.run(
         ["ip", "netns", "exec", f"{LAB_PREFIX}switch", "tc", "qdisc", "show"],
         capture_output=True, text=True, check=True,
@@ -81,6 +89,7 @@ def test_lab_needs_root() -> None:
 def test_lab_bad_input(lab_env: Path, vms: VMFactory) -> None:
     assert_one_line_error(livemig("lab", "up", "--bandwidth", "fast", runtime=lab_env), 2, "--bandwidth")
     assert_one_line_error(livemig("lab", "up", "--hosts", "1", runtime=lab_env), 2, "--hosts")
+    assert_one_line_error(livemig("lab", "up", "--gso-max", "1kb", runtime=lab_env), 2, "--gso-max")
     assert_one_line_error(livemig("vm", "start", "x", "--host", "src", runtime=lab_env), 1, "no lab is up")
     assert not lab_namespaces()
     vms.start()  # a VM on this machine, not in the lab
@@ -181,3 +190,37 @@ def test_a_bench_run_records_plans_prediction_beside_the_measurement(lab_env: Pa
     metrics = {m["name"]: m["value"] for m in result["metrics"]}
     predicted, measured = plan["prediction"]["total_s"] * 1000, result["report"]["total_time_ms"]
     assert metrics["plan_total_error"] == pytest.approx(abs(predicted - measured) / measured, abs=1e-3)
+
+
+def test_auto_caps_the_sources_gso_size_on_a_slow_link_and_puts_it_back(
+    lab_env: Path, vms: VMFactory
+) -> None:
+    """On a 200 mbit link a 64 KiB burst takes 2.6 ms, and each post-copy page's answer
+    waits behind one (docs/pacing-gso): auto caps the source's GSO size at 8 KiB while it
+    migrates. The kernel's own figure is sampled during the run, and read after it."""
+    import threading
+
+    Lab.up(2, Shaping(25_000_000), lab_env)
+    vms.start(workload="dirty:mib=32,rate=2,pattern=seq", host="src")
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            seen.add(_gso_max_size(f"{LAB_PREFIX}src"))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        opts = MigrationOptions(policy=parse_policy("auto"))
+        report = SyncMigration("vm", options=opts, registry=vms.registry, to_host="dst").migrate()
+    finally:
+        done.set()
+        sampler.join()
+    assert report.status == "completed", report.error
+    assert report.link is not None and report.link["gso_max"] == 8192
+    assert "waits behind one" in report.link["gso_reason"] and report.link["gso_max_before"] is None
+    assert 8192 in seen  # the kernel had the cap while QEMU migrated
+    assert _gso_max_size(f"{LAB_PREFIX}src") == 65536  # and has its own size again
+    assert Lab.load(lab_env).plan.gso_max == {}

@@ -30,6 +30,9 @@ class MigrationOptions:
     max_bandwidth: int | None = None  # bytes/s; None keeps QEMU's default
     downtime_limit_ms: int | None = None
     postcopy_bandwidth: int | None = None  # bytes/s of the background stream in post-copy
+    # GSO size cap on the source lab host's link for the migration (None: auto's choice for
+    # the auto policy, else as it is); restored afterwards
+    gso_max: int | None = None
     blocktime: bool = True
     multifd: bool = False
     address: str = "127.0.0.1"

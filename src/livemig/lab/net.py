@@ -318,6 +318,9 @@ class Lab:
             else:
                 with _ns(h.netns) as ns:
                     entry["qdisc"] = _tbf(ns, h.ifname)
+                    entry["gso_max_size"] = ns.get_links(_index(ns, h.ifname))[0].get_attr(
+                        "IFLA_GSO_MAX_SIZE"
+                    )
             hosts.append(entry)
         return {
             "prefix": self.plan.prefix,
