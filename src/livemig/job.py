@@ -337,7 +337,9 @@ class MigrationJob:
         if self.options.gso_max is not None:
             if link is None:
                 raise UsageError("a GSO size cap needs lab hosts: migrate with --to HOST")
-            gso, why = self.options.gso_max, f"GSO size capped at {self.options.gso_max} B as asked"
+            if not 4096 <= self.options.gso_max <= 65536:
+                raise UsageError(f"GSO size {self.options.gso_max}: out of range (4096 to 65536 bytes)")
+            gso, why = self.options.gso_max, f"GSO size {self.options.gso_max // 1024} KiB, as asked"
         elif self.options.policy.kind == "auto" and link is not None:
             gso, why = gso_cap(link["rate_Bps"])
         else:

@@ -9,7 +9,7 @@ import pytest
 
 from livemig.errors import PolicyError
 from livemig.policy import Action, AutoParams, PassStat, Progress, parse_policy
-from livemig.policy.auto import decide_auto, initial_limit_ms
+from livemig.policy.auto import GSO_CAP, decide_auto, gso_cap, initial_limit_ms
 
 MiB = 1 << 20
 LINK = 25 * MiB  # 200 mbit
@@ -152,3 +152,20 @@ def test_auto_settings_parse_and_print_as_given() -> None:
     p = parse_policy("auto:max-pause=0.2s,budget=2m")
     assert p.auto == AutoParams(200.0, 120.0) and p.allows_postcopy and p.adaptive
     assert str(p) == "auto:max-pause=200ms,budget=120s" and str(parse_policy("auto")) == "auto"
+
+
+@pytest.mark.parametrize(
+    ("link_Bps", "cap", "why"),
+    [
+        (25e6, GSO_CAP, "a 64 KiB burst takes 2.6 ms on this link"),  # 200 mbit
+        (50e6, GSO_CAP, "a 64 KiB burst takes 1.3 ms on this link"),  # 400 mbit
+        (125e6, None, "a 64 KiB burst takes 0.52 ms on this link: GSO size left as it is"),  # 1 gbit
+        (None, None, "the link's rate is unknown"),
+    ],
+    ids=["200mbit", "400mbit", "1gbit", "unknown"],
+)
+def test_auto_caps_the_gso_size_where_a_burst_is_slow(
+    link_Bps: float | None, cap: int | None, why: str
+) -> None:
+    got, reason = gso_cap(link_Bps)
+    assert got == cap and reason.startswith(why)

@@ -175,6 +175,12 @@ def test_blocktime_per_request_and_the_pacing_cells() -> None:
     assert opts["pacing/stream/200mbit-cap160mbit"].postcopy_bandwidth == 20_000_000
     assert opts["pacing/stream/200mbit"].postcopy_bandwidth is None  # uncapped
     assert str(opts["pacing/faultprobe/10gbit"].policy) == "postcopy-now"
+    gso = {c.id: options_of(c).gso_max for c in SCENARIOS["pacing-gso"]}
+    assert gso["pacing-gso/stream/auto/gso64k"] == 65536  # asked for: auto's own cap is overridden
+    assert gso["pacing-gso/stream/postcopy-after:1/gso8k"] == 8192
+    assert {options_of(c).gso_max for c in SCENARIOS["policies-stream"]} == {
+        None
+    }  # the family: livemig decides
 
 
 def test_a_scenarios_setup_is_one_line_or_one_per_cell() -> None:

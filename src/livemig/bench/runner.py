@@ -223,7 +223,9 @@ def _migrate_own(
 def options_of(cell: Cell) -> MigrationOptions:
     """The migration options a cell of livemig's own QEMUs runs with (pure)."""
     cap = parse_rate(cell.postcopy_bandwidth) if cell.postcopy_bandwidth else None
-    return MigrationOptions(policy=parse_policy(cell.policy), preempt=cell.preempt, postcopy_bandwidth=cap)
+    return MigrationOptions(
+        policy=parse_policy(cell.policy), preempt=cell.preempt, postcopy_bandwidth=cap, gso_max=cell.gso_max
+    )
 
 
 def _per_request(report: MigrationReport) -> float | None:
@@ -288,8 +290,6 @@ def run_bench(
                     lab.shape(shaping)
                 if lab.plan.wmem_max.get("src") != cell.wmem_max:
                     lab.set_wmem_max("src", cell.wmem_max)
-                if lab.plan.gso_max.get("src") != cell.gso_max:
-                    lab.set_gso_max("src", cell.gso_max)
                 left = cells[cells.index(cell) :] + cells * (repeats - r)
                 say(f"[{k}/{total}] {cell.id} repeat {r} ...{_left(took, left)}")
                 began = time.monotonic()
@@ -313,7 +313,6 @@ def run_bench(
             lab.down()
         else:
             lab.set_wmem_max("src", None)
-            lab.set_gso_max("src", None)
             lab.shape(original)
     return written
 

@@ -26,7 +26,8 @@ class Cell:
     latency: str = "100ms"  # tbf latency (its queue limit)
     preempt: bool | None = None  # None: livemig's default (on whenever post-copy is allowed)
     wmem_max: int | None = None  # tcp_wmem max on the source host (None: the kernel's default)
-    gso_max: int | None = None  # GSO size cap on the source host's link (None: the kernel's 64 KiB)
+    # the source host's GSO size for the run (None: as livemig decides: auto caps it on slow links)
+    gso_max: int | None = None
     poll: bool = False  # also poll query-migrate every 50 ms, to compare with pushed events
     warmup_s: float = 2.0  # let the workload run before migrating
     variant: str = ""
@@ -162,11 +163,12 @@ def _pacing_gso() -> list[Cell]:
     source host's link at its GSO size as the kernel makes it (64 KiB) and capped at 16
     and 8 KiB: a page's answer waits behind one GSO burst of the background stream at the
     bottleneck (docs/pacing), so a smaller burst should cut each fault's wait. The fixed
-    post-copy policy the demo uses, and auto."""
+    post-copy policy the demo uses, and auto. The run sets the size through its options
+    (``MigrationOptions.gso_max``) and puts it back after."""
     return [
         Cell("pacing-gso", policy, _STREAM, gso_max=gso, predict=False,
-             variant=f"stream/{policy}/gso{gso // 1024 if gso else 64}k")
-        for gso in (None, 16384, 8192)
+             variant=f"stream/{policy}/gso{gso // 1024}k")
+        for gso in (65536, 16384, 8192)
         for policy in ("postcopy-after:1", "auto")
     ]  # fmt: skip
 
@@ -178,8 +180,8 @@ def _pacing_gso_others() -> list[Cell]:
     cells = [("nonconverge", "postcopy-after:2"), ("nonconverge", "auto"), ("dirtier", "auto")]
     return [
         Cell("pacing-gso-others", policy, FAMILY_WORKLOADS[name][0], memory_mib=FAMILY_WORKLOADS[name][1],
-             gso_max=gso, variant=f"{name}/{policy}/gso{gso // 1024 if gso else 64}k")
-        for gso in (None, 8192)
+             gso_max=gso, variant=f"{name}/{policy}/gso{gso // 1024}k")
+        for gso in (65536, 8192)
         for name, policy in cells
     ]  # fmt: skip
 
