@@ -28,6 +28,7 @@ from livemig.core.options import MigrationOptions
 from livemig.core.report import MigrationReport
 from livemig.core.state import MigrationState
 from livemig.errors import (
+    LabError,
     LivemigError,
     MigrationError,
     MigrationFailed,
@@ -306,6 +307,10 @@ class MigrationJob:
         (then it listens on that host's address, across the shaped link)."""
         if self.options.tls and self.options.tls_dirs is None and self.to_host is None:
             raise UsageError("--tls needs lab hosts (their certificates): migrate with --to HOST")
+        if self.options.gso_max is not None and not (self.to_host and 4096 <= self.options.gso_max <= 65536):
+            raise UsageError(
+                f"GSO size {self.options.gso_max}: 4096 to 65536 bytes, across lab hosts (--to HOST)"
+            )
         if self.to_host is None:
             if rec.host is not None:
                 raise UsageError(f"{self.name} runs on lab host {rec.host}: say where to (--to HOST)")
@@ -332,15 +337,14 @@ class MigrationJob:
     async def _cap_gso(self, link: dict[str, Any] | None) -> None:
         """Cap the source lab host's GSO size for this migration: as the options say, or as
         auto decides for the link (:func:`~livemig.policy.auto.gso_cap`). The link's record
-        keeps the cap, the size before and why, for the report and for the restore."""
+        keeps the cap, the size before any migration capped it, and why: for the report and
+        for :meth:`_restore_gso`."""
+        if link is None:
+            return
         gso: int | None
         if self.options.gso_max is not None:
-            if link is None:
-                raise UsageError("a GSO size cap needs lab hosts: migrate with --to HOST")
-            if not 4096 <= self.options.gso_max <= 65536:
-                raise UsageError(f"GSO size {self.options.gso_max}: out of range (4096 to 65536 bytes)")
             gso, why = self.options.gso_max, f"GSO size {self.options.gso_max // 1024} KiB, as asked"
-        elif self.options.policy.kind == "auto" and link is not None:
+        elif self.options.policy.kind == "auto":
             gso, why = gso_cap(link["rate_Bps"])
         else:
             return
@@ -348,19 +352,37 @@ class MigrationJob:
         if gso is None:
             return
         lab = Lab.load(self.registry.root)
-        link["gso_max_before"] = lab.plan.gso_max.get(link["from"])
+        others = self._capping(link["from"])  # migrations from this host that capped it before us
+        link["gso_max_before"] = others[0]["gso_max_before"] if others else lab.plan.gso_max.get(link["from"])
         await asyncio.to_thread(lab.set_gso_max, link["from"], gso)  # pyroute2 runs a loop of its own
         link["gso_max"] = gso
         self.log.info("%s", why)
 
     async def _restore_gso(self, link: dict[str, Any] | None) -> None:
-        """Put back the source host's GSO size from before :meth:`_cap_gso` (its sockets
-        keep theirs: a socket takes its device's cap when it connects)."""
-        if link is None or "gso_max_before" not in link:
+        """Put back the source host's GSO size from before any migration capped it, once
+        no other migration from that host that capped it is still running (a socket keeps
+        the cap it connected with, so a restore never touches a running migration)."""
+        if link is None or "gso_max_before" not in link or self._capping(link["from"]):
             return
         lab = Lab.current(self.registry.root)
-        if lab is not None and link["from"] in {h.name for h in lab.plan.hosts}:
+        if lab is None or link["from"] not in {h.name for h in lab.plan.hosts}:
+            return
+        try:
             await asyncio.to_thread(lab.set_gso_max, link["from"], link["gso_max_before"])
+        except (LabError, OSError) as exc:
+            self.log.warning(
+                "could not put back %s's GSO size (%s): `livemig lab shape` does", link["from"], exc
+            )
+
+    def _capping(self, host: str) -> list[dict[str, Any]]:
+        """The links of the other unfinished migrations from lab host ``host`` that capped
+        its GSO size (their records)."""
+        return [
+            r.migration.link
+            for r in self.registry.all()
+            if r.name != self.name and r.migration is not None and r.migration.unfinished
+            and r.migration.link and r.migration.link.get("from") == host and "gso_max_before" in r.migration.link
+        ]  # fmt: skip
 
     def _netprobe(self, rec: VMRecord) -> NetProbe | None:
         """A prober in the lab's client namespace, for a VM on the lab's guest network."""

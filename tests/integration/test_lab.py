@@ -197,11 +197,14 @@ def test_auto_caps_the_sources_gso_size_on_a_slow_link_and_puts_it_back(
 ) -> None:
     """On a 200 mbit link a 64 KiB burst takes 2.6 ms, and each post-copy page's answer
     waits behind one (docs/pacing-gso): auto caps the source's GSO size at 8 KiB while it
-    migrates. The kernel's own figure is sampled during the run, and read after it."""
+    migrates. Two VMs migrate at once: the size before is the kernel's for both, and it
+    comes back only after the second ends. The kernel's own figure is sampled during the
+    runs, and read after them."""
     import threading
 
     Lab.up(2, Shaping(25_000_000), lab_env)
-    vms.start(workload="dirty:mib=32,rate=2,pattern=seq", host="src")
+    for name in ("vm", "vm2"):
+        vms.start(name, workload="dirty:mib=32,rate=2,pattern=seq", host="src")
     seen: set[int] = set()
     done = threading.Event()
 
@@ -210,17 +213,26 @@ def test_auto_caps_the_sources_gso_size_on_a_slow_link_and_puts_it_back(
             seen.add(_gso_max_size(f"{LAB_PREFIX}src"))
             time.sleep(0.1)
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    reports = {}
+
+    def migrate(name: str) -> None:
         opts = MigrationOptions(policy=parse_policy("auto"))
-        report = SyncMigration("vm", options=opts, registry=vms.registry, to_host="dst").migrate()
-    finally:
-        done.set()
-        sampler.join()
-    assert report.status == "completed", report.error
-    assert report.link is not None and report.link["gso_max"] == 8192
-    assert "waits behind one" in report.link["gso_reason"] and report.link["gso_max_before"] is None
-    assert 8192 in seen  # the kernel had the cap while QEMU migrated
+        reports[name] = SyncMigration(name, options=opts, registry=vms.registry, to_host="dst").migrate()
+
+    threads = [
+        threading.Thread(target=sample),
+        *(threading.Thread(target=migrate, args=(n,)) for n in ("vm", "vm2")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads[1:]:
+        t.join()
+    done.set()
+    threads[0].join()
+    for report in reports.values():
+        assert report.status == "completed", report.error
+        assert report.link is not None and report.link["gso_max"] == 8192
+        assert "waits behind one" in report.link["gso_reason"] and report.link["gso_max_before"] is None
+    assert len(reports) == 2 and 8192 in seen  # the kernel had the cap while QEMU migrated
     assert _gso_max_size(f"{LAB_PREFIX}src") == 65536  # and has its own size again
     assert Lab.load(lab_env).plan.gso_max == {}
