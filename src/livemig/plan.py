@@ -246,8 +246,10 @@ def _auto(m: Measurement, params: AutoParams) -> tuple[Prediction, list[str]]:
         reasons.append(f"pass {n}: {d}")
         limit = d.downtime_limit_ms or limit
         if d.action is Action.SWITCH:
-            p = _postcopy(m, n - 1, "auto", gso_cap(m.link_Bps)[0] or GSO_DEFAULT)
-            return replace(p, policy="auto", note=f"switches at pass {n}: {d.reason}"), reasons
+            gso, why = gso_cap(m.link_Bps)
+            p = _postcopy(m, n - 1, "auto", gso or GSO_DEFAULT)
+            note = f"switches at pass {n}: {d.reason}" + (f"; {why}" if gso else "")
+            return replace(p, policy="auto", note=note), reasons
     p = _precopy(m, limit, "auto")
     return replace(p, policy="auto", note=f"stays in pre-copy: {p.note}"), reasons
 
