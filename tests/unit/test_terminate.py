@@ -5,9 +5,12 @@ unretrieved, and its traceback printed after "livemig: interrupted" (CI, 1 run i
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 CHILD = textwrap.dedent(
     """
@@ -38,7 +41,15 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_sigterm_in_a_running_loop_unwinds_the_main_task_and_prints_nothing_else() -> None:
-    r = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=30, check=False)
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sigterm_in_a_running_loop_unwinds_the_main_task_and_prints_nothing_else(sigint: str) -> None:
+    """Also where SIGINT is ignored, as in a process a shell started in the background
+    (``nohup livemig bench run ... &``): asyncio then installs no SIGINT handler."""
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    r = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=30, check=False,
+                       preexec_fn=ignore_sigint if sigint == "ignored" else None)  # fmt: skip
     assert r.stdout.strip() == "interrupted [True]", (r.stdout, r.stderr)  # its finally ran, in the loop
     assert r.stderr == "", r.stderr  # no "Task exception was never retrieved"

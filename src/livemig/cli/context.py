@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -30,6 +31,10 @@ def connect_of(ctx: click.Context) -> str | None:
     return uri
 
 
+def _raise_interrupt() -> None:
+    raise KeyboardInterrupt  # from a loop callback: asyncio lets it through run_forever
+
+
 @contextlib.contextmanager
 def terminate_unwinds() -> Iterator[None]:
     """While the block runs, SIGTERM unwinds as Ctrl-C does, so that a bench or demo stopped
@@ -39,7 +44,10 @@ def terminate_unwinds() -> Iterator[None]:
     that is asyncio's own handler: it cancels the main task, which unwinds through its
     ``finally`` blocks, and then raises KeyboardInterrupt. Raising KeyboardInterrupt from
     here instead would strike whichever task happened to run, leave that task's exception
-    unretrieved, and print its traceback as the process exits."""
+    unretrieved, and print its traceback as the process exits. Where SIGINT is ignored (a
+    process started in the background by a shell: ``nohup livemig bench run ... &``),
+    asyncio installs no handler; then KeyboardInterrupt is raised from a callback of the
+    running loop, between tasks, and ``asyncio.run`` cancels them all on its way out."""
 
     owner = os.getpid()
 
@@ -52,7 +60,11 @@ def terminate_unwinds() -> Iterator[None]:
         if callable(as_ctrl_c):
             as_ctrl_c(signal.SIGINT, frame)
             return
-        raise KeyboardInterrupt  # SIGINT ignored or default: unwind all the same
+        try:  # SIGINT ignored or default: unwind all the same
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise KeyboardInterrupt from None
+        loop.call_soon_threadsafe(_raise_interrupt)
 
     before = signal.signal(signal.SIGTERM, interrupt)
     try:
