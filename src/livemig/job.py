@@ -47,6 +47,7 @@ from livemig.qemu.instance import QemuInstance, spawn_owned
 from livemig.qemu.monitor import Monitor
 from livemig.registry import MigrationRecord, Registry, VMRecord, pid_alive, split_where
 from livemig.storage import DiskRef, check_disks, spec_disks
+from livemig.units import check_gso_size
 
 __all__ = ["MigrationJob"]
 
@@ -307,10 +308,12 @@ class MigrationJob:
         (then it listens on that host's address, across the shaped link)."""
         if self.options.tls and self.options.tls_dirs is None and self.to_host is None:
             raise UsageError("--tls needs lab hosts (their certificates): migrate with --to HOST")
-        if self.options.gso_max is not None and not (self.to_host and 4096 <= self.options.gso_max <= 65536):
-            raise UsageError(
-                f"GSO size {self.options.gso_max}: 4096 to 65536 bytes, across lab hosts (--to HOST)"
-            )
+        if self.options.gso_max is not None:
+            check_gso_size(self.options.gso_max)
+            if self.to_host is None:
+                raise UsageError(
+                    "a GSO size is set on a lab host's link: migrate across lab hosts (--to HOST)"
+                )
         if self.to_host is None:
             if rec.host is not None:
                 raise UsageError(f"{self.name} runs on lab host {rec.host}: say where to (--to HOST)")

@@ -44,8 +44,9 @@ from typing import Any, Final
 
 from livemig.errors import LivemigError, QMPCommandError, UsageError
 from livemig.policy import Action, AutoParams, PassStat, Policy, Progress
-from livemig.policy.auto import GSO_DEFAULT, QEMU_DEFAULT_LIMIT_MS, decide_auto, gso_cap, initial_limit_ms
+from livemig.policy.auto import QEMU_DEFAULT_LIMIT_MS, decide_auto, gso_cap, initial_limit_ms
 from livemig.qemu.monitor import Monitor
+from livemig.units import GSO_MAX
 
 __all__ = [
     "FAULTS_AFTER", "HOT_NOW_BYTES", "POLICIES", "SWITCH_MS", "Measurement", "Prediction", "guest_ram",
@@ -206,15 +207,15 @@ passes: the medians over the workloads of the policies family at 71cc629 (both l
 the stall less the switch, over :func:`request_ms`. Checked on the family at a282cbf."""
 
 
-def request_ms(link_Bps: float, gso_bytes: int = GSO_DEFAULT) -> float:
+def request_ms(link_Bps: float, gso_bytes: int = GSO_MAX) -> float:
     """What one post-copy page request costs the waiting vCPU on a link of ``link_Bps``:
     the hosts' own cost, plus the wait behind the background stream in the link's queue,
     about one GSO burst of it (:data:`QUEUE_BYTES` for the kernel's 64 KiB; auto caps it
     on slow links: :func:`~livemig.policy.auto.gso_cap`)."""
-    return HOST_REQUEST_MS + QUEUE_BYTES * gso_bytes / GSO_DEFAULT / link_Bps * 1000.0
+    return HOST_REQUEST_MS + QUEUE_BYTES * gso_bytes / GSO_MAX / link_Bps * 1000.0
 
 
-def postcopy_stall_ms(m: Measurement, after: int, gso_bytes: int = GSO_DEFAULT) -> float:
+def postcopy_stall_ms(m: Measurement, after: int, gso_bytes: int = GSO_MAX) -> float:
     """The guest's longest stall when post-copy starts after ``after`` pre-copy passes:
     the switch, then the wait for what the guest touches first (the module's docstring)."""
     if after == 0:
@@ -222,7 +223,7 @@ def postcopy_stall_ms(m: Measurement, after: int, gso_bytes: int = GSO_DEFAULT) 
     return SWITCH_MS + FAULTS_AFTER[min(after, len(FAULTS_AFTER)) - 1] * request_ms(m.link_Bps, gso_bytes)
 
 
-def _postcopy(m: Measurement, after: int, name: str, gso_bytes: int = GSO_DEFAULT) -> Prediction:
+def _postcopy(m: Measurement, after: int, name: str, gso_bytes: int = GSO_MAX) -> Prediction:
     passes = _passes(m, 0.0)[: after + 1]
     t_switch, left = passes[-1] if after else (0.0, m.first_pass_bytes)
     sent = sum(b for _, b in passes[:-1]) + left
@@ -247,7 +248,7 @@ def _auto(m: Measurement, params: AutoParams) -> tuple[Prediction, list[str]]:
         limit = d.downtime_limit_ms or limit
         if d.action is Action.SWITCH:
             gso, why = gso_cap(m.link_Bps)
-            p = _postcopy(m, n - 1, "auto", gso or GSO_DEFAULT)
+            p = _postcopy(m, n - 1, "auto", gso or GSO_MAX)
             note = f"switches at pass {n}: {d.reason}" + (f"; {why}" if gso else "")
             return replace(p, policy="auto", note=note), reasons
     p = _precopy(m, limit, "auto")

@@ -1,4 +1,4 @@
-"""Parsing rates (pure)."""
+"""Parsing rates, sizes and durations, and the bounds of a GSO size (pure)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ from typing import Final
 
 from livemig.errors import UsageError
 
-__all__ = ["format_rate", "parse_duration_ms", "parse_rate", "parse_size_bytes"]
+__all__ = [
+    "GSO_MAX",
+    "GSO_MIN",
+    "check_gso_size",
+    "format_rate",
+    "parse_duration_ms",
+    "parse_rate",
+    "parse_size_bytes",
+]
+
+GSO_MIN: Final = 4096  # one page: the smallest GSO size livemig sets
+GSO_MAX: Final = 65536  # the kernel's GSO size, as a veth is created
 
 _RATE_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)(/s)?\s*$")
 _UNITS: Final[dict[str, float]] = {
@@ -76,4 +87,11 @@ def parse_duration_ms(text: str, what: str = "time") -> float:
     value = float(m.group(1)) * _TIMES[unit]
     if not 0 < value <= 60_000:
         raise UsageError(f"{what} {text!r}: out of range (0 to 60s)")
+    return value
+
+
+def check_gso_size(value: int, what: str = "GSO size") -> int:
+    """``value`` if it is a GSO size livemig sets (4 KiB to 64 KiB), else UsageError."""
+    if not GSO_MIN <= value <= GSO_MAX:
+        raise UsageError(f"{what} {value}: out of range ({GSO_MIN} to {GSO_MAX} bytes, 4kb to 64kb)")
     return value

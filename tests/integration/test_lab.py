@@ -115,7 +115,6 @@ def test_migration_crosses_the_shaped_link(lab_env: Path, vms: VMFactory) -> Non
     report = SyncMigration("vm", options=opts, registry=vms.registry, to_host="dst").migrate()
     assert report.status == "completed", report.error
     assert report.link is not None and report.link["rate_Bps"] == rate and report.link["to"] == "dst"
-    assert report.link["gso_max"] == 16384  # the report says what the source's link had
     lab.set_gso_max("src", None)
     assert _gso_max_size(f"{LAB_PREFIX}src") == 65536  # the kernel's own again
     assert report.bytes_transferred and report.total_time_ms
@@ -231,8 +230,11 @@ def test_auto_caps_the_sources_gso_size_on_a_slow_link_and_puts_it_back(
     threads[0].join()
     for report in reports.values():
         assert report.status == "completed", report.error
-        assert report.link is not None and report.link["gso_max"] == 8192
-        assert "waits behind one" in report.link["gso_reason"] and report.link["gso_max_before"] is None
+        assert (
+            report.link is not None
+            and "waits behind one" in report.link["gso_reason"]
+            and report.link["gso_max_before"] is None
+        )
     assert len(reports) == 2 and 8192 in seen  # the kernel had the cap while QEMU migrated
     assert _gso_max_size(f"{LAB_PREFIX}src") == 65536  # and has its own size again
     assert Lab.load(lab_env).plan.gso_max == {}

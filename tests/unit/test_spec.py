@@ -5,7 +5,7 @@ import pytest
 from livemig.errors import SpecError, UsageError
 from livemig.guest.workload import parse_workload
 from livemig.spec import VMSpec, parse_size_mib
-from livemig.units import parse_duration_ms, parse_rate, parse_size_bytes
+from livemig.units import check_gso_size, parse_duration_ms, parse_rate, parse_size_bytes
 
 
 @pytest.fixture
@@ -125,3 +125,15 @@ def test_bad_sizes_and_durations(text: str) -> None:
     if text != "0ms":
         with pytest.raises(UsageError):
             parse_size_bytes(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [(4096, True), (8192, True), (65536, True), (4095, False), (65537, False)]
+)
+def test_gso_sizes(value: int, ok: bool) -> None:
+    """One pair of bounds for a GSO size: lab up/shape --gso-max and a migration's gso_max."""
+    if ok:
+        assert check_gso_size(value) == value
+    else:
+        with pytest.raises(UsageError, match="out of range"):
+            check_gso_size(value, "--gso-max")

@@ -45,6 +45,11 @@ KEY_METRICS: dict[str, tuple[str, ...]] = {
         "total_time_ms",
     ),
 }
+KEY_METRICS["pacing-gso-others"] = KEY_METRICS["pacing-gso"]
+KEY_METRICS["frontier"] = (
+    "max_stall_ms", "stalls_over_100ms", "progress_share", "total_time_ms", "bytes_transferred",
+    "blocktime_per_request_ms", "postcopy_requests",
+)  # fmt: skip
 FAMILY_METRICS: tuple[str, ...] = (
     "max_stall_ms", "stalls_over_100ms", "progress_share", "under_half_s", "blackout_ms", "total_time_ms",
     "bytes_transferred", "switched_at_pass",
@@ -61,8 +66,6 @@ PLOT_METRICS = ("max_stall_ms", "blackout_ms", "total_time_ms")  # the policies 
 
 
 def metrics_for(scenario: str) -> tuple[str, ...]:
-    if scenario == "pacing-gso-others":
-        return KEY_METRICS["pacing-gso"]
     if scenario.startswith("libvirt-"):
         return LIBVIRT_TABLE
     return FAMILY_METRICS if scenario.startswith("policies-") else KEY_METRICS.get(scenario, ())

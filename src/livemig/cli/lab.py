@@ -10,11 +10,11 @@ import click
 from rich.table import Table
 
 from livemig.cli.render import out
-from livemig.errors import LabError, UsageError
+from livemig.errors import LabError
 from livemig.lab import Lab, Shaping
 from livemig.lab.libvirtd import lab_domains, running_daemons, start_daemons, stop_daemons
 from livemig.registry import Registry
-from livemig.units import parse_duration_ms, parse_rate, parse_size_bytes
+from livemig.units import GSO_MAX, check_gso_size, parse_duration_ms, parse_rate, parse_size_bytes
 
 __all__ = ["lab"]
 
@@ -36,7 +36,6 @@ _shape_options = [
         "link a post-copy page's answer waits behind one (docs/pacing: 8kb cut the stream's stall 3x).",
     ),
 ]
-GSO_RANGE = (4096, 65536)
 
 
 def _shaping(bandwidth: str, burst: str, latency: str) -> Shaping:
@@ -49,10 +48,8 @@ def _shaping(bandwidth: str, burst: str, latency: str) -> Shaping:
 
 def _gso_max(text: str) -> int | None:
     """``--gso-max`` in bytes; None for the kernel's own 64 KiB."""
-    value = parse_size_bytes(text, "--gso-max")
-    if not GSO_RANGE[0] <= value <= GSO_RANGE[1]:
-        raise UsageError(f"--gso-max {text!r}: out of range (4kb to 64kb)")
-    return None if value == GSO_RANGE[1] else value
+    value = check_gso_size(parse_size_bytes(text, "--gso-max"), "--gso-max")
+    return None if value == GSO_MAX else value
 
 
 def _set_gso(the_lab: Lab, gso: int | None) -> None:
@@ -165,7 +162,7 @@ def _print_status(the_lab: Lab) -> None:
         gso = h.get("gso_max_size")
         shaped = (
             f"tbf {q['rate_Bps'] * 8 / 1e6:g} Mbit/s, limit {q['limit_bytes']} B"
-            + (f", GSO {gso // 1024} KiB" if gso and gso != GSO_RANGE[1] else "")
+            + (f", GSO {gso // 1024} KiB" if gso and gso != GSO_MAX else "")
             if q
             else h.get("error", "-")
         )

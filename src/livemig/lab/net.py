@@ -26,12 +26,12 @@ from livemig.lab.plan import (
     plan_lab,
 )
 from livemig.paths import cache_dir, runtime_dir
+from livemig.units import GSO_MAX
 
 __all__ = ["Lab", "lab_prefix"]
 
 log = logging.getLogger(__name__)
 TCP_WMEM_DEFAULT = (4096, 16384, 4194304)
-GSO_MAX_DEFAULT = 65536  # a veth's gso_max_size as created
 
 
 def lab_prefix() -> str:
@@ -260,7 +260,7 @@ class Lab:
         page's answer waits behind one such burst of the background stream (docs/pacing)."""
         h = self.plan.host(host)
         with _ns(h.netns) as ns:
-            ns.link("set", index=_index(ns, h.ifname), gso_max_size=max_bytes or GSO_MAX_DEFAULT)
+            ns.link("set", index=_index(ns, h.ifname), gso_max_size=max_bytes or GSO_MAX)
         gso = {k: v for k, v in self.plan.gso_max.items() if k != host}
         if max_bytes is not None:
             gso[host] = max_bytes

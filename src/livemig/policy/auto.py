@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from livemig.policy.snapshot import Action, Decision, PassStat, Progress
+from livemig.units import GSO_MAX
 
 __all__ = ["GSO_CAP", "AutoParams", "decide_auto", "gso_cap", "initial_limit_ms"]
 
@@ -59,7 +60,6 @@ class AutoParams:
 
 
 GSO_CAP: Final = 8192  # bytes: one burst at 200 mbit is 0.33 ms
-GSO_DEFAULT: Final = 65536  # the kernel's GSO size
 GSO_BURST_MS: Final = 1.0  # a default burst slower than this at the link's rate is capped
 
 
@@ -68,7 +68,7 @@ def gso_cap(link_Bps: float | None) -> tuple[int | None, str]:
     (None: leave it), and why (pure)."""
     if not link_Bps:
         return None, "the link's rate is unknown: GSO size left as it is"
-    burst_ms = GSO_DEFAULT / link_Bps * 1000.0
+    burst_ms = GSO_MAX / link_Bps * 1000.0
     if burst_ms <= GSO_BURST_MS:
         return None, f"a 64 KiB burst takes {burst_ms:.2f} ms on this link: GSO size left as it is"
     return GSO_CAP, (
