@@ -173,6 +173,19 @@ def test_verify_finds_memory_intact(vms: VMFactory, policy: str, workload: str) 
     assert report.guest.get("verify", "").startswith("verify ok"), report.guest
 
 
+def test_a_switch_within_the_first_pass_keeps_memory_intact(vms: VMFactory) -> None:
+    """postcopy-after:0.3 switches while the first pass is still sending: the destination
+    gets the rest by request and by the background stream, and the guest's pattern
+    checks out after it."""
+    vms.start(workload="verify:mib=96")
+    report = SyncMigration("vm", options=opts("postcopy-after:0.3"), registry=vms.registry).migrate()
+    assert report.status == "completed", report.error
+    assert report.switched_at_pass == 0, report.decisions
+    assert report.switch_reason and "the first pass covered" in report.switch_reason
+    assert report.postcopy_bytes and report.postcopy_bytes > 48 << 20  # most of the pattern came after
+    assert report.guest.get("verify", "").startswith("verify ok"), report.guest
+
+
 def test_auto_on_a_converging_guest_stays_in_precopy_with_a_short_pause(vms: VMFactory) -> None:
     src = vms.start(workload="dirty:mib=32,rate=4")
     policy = "auto:max-pause=200ms"

@@ -40,7 +40,8 @@ def test_default_is_one_pass_then_postcopy() -> None:
 
 @pytest.mark.parametrize(
     "text", ["", "postcopy-after:0", "postcopy-after:-1", "postcopy-after:x", "postcopy-after:1.5",
-             "fast", "precopy:timeout=abc", "precopy:timeout=0", "postcopy-after:1001"],
+             "fast", "precopy:timeout=abc", "precopy:timeout=0", "postcopy-after:1001", "postcopy-after:1.0",
+             "postcopy-after:0.0", "postcopy-after:nan", "postcopy-after:inf", "postcopy-after:50%"],
 )  # fmt: skip
 def test_bad_policies(text: str) -> None:
     with pytest.raises(PolicyError) as info:
@@ -62,8 +63,38 @@ def test_policy_is_pure() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["precopy", "precopy:timeout=40", "postcopy-after:3", "auto", "auto:max-pause=50ms,budget=120s"]
+    "text",
+    [
+        "precopy",
+        "precopy:timeout=40",
+        "postcopy-after:3",
+        "postcopy-after:0.5",
+        "auto",
+        "auto:max-pause=50ms,budget=120s",
+    ],
 )
 def test_a_policy_prints_as_given_and_parses_back(text: str) -> None:
     p = parse_policy(text)
     assert parse_policy(str(p)) == p and str(p) == text
+
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("passes", "remaining_mib", "ram_mib", "action", "words"),
+    [
+        (0, 300, 512, Action.CONTINUE, "covered 41% of 75%"),
+        (0, 128, 512, Action.SWITCH, "covered 75% of the guest's 512 MiB"),
+        (0, 0, 512, Action.SWITCH, "covered 100%"),
+        (0, 300, None, Action.CONTINUE, "not reported"),  # before the first progress figures
+        (1, 40, 512, Action.SWITCH, "ended before"),  # a pass of zero pages: over between two ticks
+    ],
+)
+def test_a_switch_within_the_first_pass(
+    passes: int, remaining_mib: int, ram_mib: int | None, action: Action, words: str
+) -> None:
+    """postcopy-after:F switches once the first pass has covered F of the guest's memory."""
+    p = Progress(passes, 3.0, remaining_bytes=remaining_mib * MIB, ram_bytes=ram_mib and ram_mib * MIB)
+    decision = parse_policy("postcopy-after:0.75").decide(p)
+    assert decision.action is action and words in decision.reason

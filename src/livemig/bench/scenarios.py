@@ -195,13 +195,15 @@ def _frontier() -> list[Cell]:
     once (postcopy-now, the fastest policy in the family, sends each page about once) and
     after the first pass (postcopy-after:1, the earliest switch that follows a whole pass),
     each with the source's GSO size as the kernel makes it (64 KiB) and capped at 8 KiB as
-    auto caps it. Within 1.25x the fastest's time a policy must switch before the first
-    pass ends: how long does the guest stall there, with the cap?"""
+    auto caps it; and in between, within the first pass once it has covered half and 80% of
+    the guest's memory. Within 1.25x the fastest's time a policy must switch before the
+    first pass ends: how long does the guest stall there, with the cap?"""
     return [
         Cell("frontier", policy, FAMILY_WORKLOADS[name][0], memory_mib=FAMILY_WORKLOADS[name][1], gso_max=gso,
              disk=name == "realvm", variant=f"{name}/{policy}/gso{gso // 1024}k")
         for name in FRONTIER_WORKLOADS
-        for policy, gso in (("postcopy-now", 65536), ("postcopy-now", 8192), ("postcopy-after:1", 8192))
+        for policy, gso in (("postcopy-now", 65536), ("postcopy-now", 8192), ("postcopy-after:0.5", 8192),
+                            ("postcopy-after:0.8", 8192), ("postcopy-after:1", 8192))
     ]  # fmt: skip
 
 

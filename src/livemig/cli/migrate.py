@@ -78,7 +78,7 @@ def migration_options(
     "--policy",
     default="postcopy-after:1",
     show_default=True,
-    help="precopy[:timeout=S] | manual | postcopy-now | postcopy-after:N",
+    help="precopy[:timeout=S] | manual | postcopy-now | postcopy-after:N (passes) or :F (share of the first, 0-1)",
 )
 @click.option(
     "--bandwidth", help="Max migration bandwidth: 25M (MiB/s), 200mbit, 25MB/s; a bare number is bytes/s."

@@ -74,6 +74,7 @@ class PolicyLoop:
             passes=tuple(self.passes),
             downtime_limit_ms=self.limit_ms,
             expected_downtime_ms=last.expected_downtime_ms if last else None,
+            ram_bytes=last.ram_total if last else None,
         )
 
     def decide(self, trigger: str, passes_done: int) -> Decision | None:

@@ -11,6 +11,8 @@ reported. Policy strings (``--policy``):
 ``manual``          post-copy allowed, only when ``start_postcopy()`` is called
 ``postcopy-now``    switches at once
 ``postcopy-after:N`` switches after N completed pre-copy passes (N >= 1). Default: N = 1.
+``postcopy-after:F`` a share 0 < F < 1: switches within the first pass, once it has
+                    covered F of the guest's memory (QEMU sends it in address order)
 ==================  ===========================================================
 """
 
@@ -42,16 +44,20 @@ KINDS: Final = ("precopy", "manual", "postcopy-now", "postcopy-after", "auto")
 
 @dataclass(frozen=True)
 class Policy:
-    """A parsed policy. ``kind`` is one of :data:`KINDS`; ``n`` is the pass count of postcopy-after."""
+    """A parsed policy. ``kind`` is one of :data:`KINDS`; ``n`` is the pass count of
+    postcopy-after, or 0 with ``within`` the share of the first pass after which it switches."""
 
     kind: str
     n: int = 0
+    within: float | None = None
     timeout_s: float = 120.0
     auto: AutoParams | None = None
 
     def __str__(self) -> str:
         if self.kind == "postcopy-after":
-            return f"postcopy-after:{self.n}"
+            return (
+                f"postcopy-after:{self.within:g}" if self.within is not None else f"postcopy-after:{self.n}"
+            )
         if self.kind == "auto" and self.auto is not None and self.auto != AutoParams():
             return f"auto:max-pause={self.auto.max_pause_ms:g}ms,budget={self.auto.budget_s:g}s"
         if self.kind == "precopy" and self.timeout_s != Policy("precopy").timeout_s:
@@ -81,11 +87,33 @@ class Policy:
             return Decision(Action.CONTINUE, "manual: waiting for start_postcopy()")
         if self.kind == "postcopy-now":
             return Decision(Action.SWITCH, "postcopy-now: switch at once")
+        return self._after(p)
+
+    def _after(self, p: Progress) -> Decision:
+        if self.within is not None:
+            return self._within(p, self.within)
         if p.passes_done >= self.n:
             return Decision(
                 Action.SWITCH, f"{p.passes_done} pre-copy pass(es) done, policy asks for {self.n}"
             )
         return Decision(Action.CONTINUE, f"{p.passes_done} of {self.n} pre-copy pass(es) done")
+
+    @staticmethod
+    def _within(p: Progress, share: float) -> Decision:
+        if p.passes_done >= 1:
+            return Decision(
+                Action.SWITCH, f"the first pass ended before the policy's {share:.0%} of it was seen"
+            )
+        if p.remaining_bytes is None or not p.ram_bytes:
+            return Decision(Action.CONTINUE, "the first pass has not reported its progress yet")
+        covered = 1.0 - p.remaining_bytes / p.ram_bytes
+        if covered >= share:
+            return Decision(
+                Action.SWITCH,
+                f"the first pass covered {covered:.0%} of the guest's {p.ram_bytes / 2**20:.0f} MiB, "
+                f"policy asks for {share:.0%}",
+            )
+        return Decision(Action.CONTINUE, f"the first pass covered {covered:.0%} of {share:.0%}")
 
     def _precopy(self, p: Progress) -> Decision:
         if p.elapsed_s >= self.timeout_s:
@@ -135,6 +163,29 @@ def _seconds(value: str) -> float:
     return float(m.group(1)) * scale
 
 
+def _share(text: str, raw: str) -> float:
+    """postcopy-after:F's share of the first pass, 0 < F < 1."""
+    why = "N must be a whole number >= 1 (passes), or a share of the first pass between 0 and 1, as in 0.5"
+    try:
+        share = float(raw)
+    except ValueError:
+        raise PolicyError(text, why) from None
+    if not 0 < share < 1:
+        raise PolicyError(text, why)
+    return share
+
+
+def _after(text: str, raw: str | None) -> Policy:
+    if raw is None:
+        return DEFAULT_POLICY
+    if not raw.isdigit():
+        return Policy("postcopy-after", 0, within=_share(text, raw))
+    n = int(raw)
+    if not 1 <= n <= 1000:
+        raise PolicyError(text, "N must be between 1 and 1000 (use postcopy-now for 0)")
+    return Policy("postcopy-after", n)
+
+
 def parse_policy(text: str) -> Policy:
     """Parse a policy string (see the module docstring)."""
     t = text.strip()
@@ -155,13 +206,5 @@ def parse_policy(text: str) -> Policy:
         return Policy("precopy", timeout_s=timeout)
     m = _AFTER_RE.match(t)
     if m:
-        raw = m.group(1)
-        if raw is None:
-            return DEFAULT_POLICY
-        if not raw.isdigit():
-            raise PolicyError(text, "N must be a whole number >= 1, as in postcopy-after:1")
-        n = int(raw)
-        if not 1 <= n <= 1000:
-            raise PolicyError(text, "N must be between 1 and 1000 (use postcopy-now for 0)")
-        return Policy("postcopy-after", n)
-    raise PolicyError(text, "unknown; choose auto, precopy, manual, postcopy-now or postcopy-after:N")
+        return _after(text, m.group(1))
+    raise PolicyError(text, "unknown; choose auto, precopy, manual, postcopy-now or postcopy-after:N|F")

@@ -39,6 +39,7 @@ class Progress:
     passes: tuple[PassStat, ...] = ()  # each pass's start figures, oldest first
     downtime_limit_ms: int | None = None  # the limit in force (QEMU's default 300)
     expected_downtime_ms: float | None = None
+    ram_bytes: int | None = None  # the guest's RAM (QEMU's ram.total)
 
 
 class Action(enum.Enum):
