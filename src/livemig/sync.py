@@ -135,7 +135,7 @@ class SyncMigration:
         portal: Portal | None = None,
     ) -> None:
         opts = options or MigrationOptions()
-        if policy is not None:  # else the options' policy (postcopy-after:1 by default)
+        if policy is not None:  # else the options' policy (auto by default)
             pol = parse_policy(policy) if isinstance(policy, str) else policy
             opts = MigrationOptions(**{**opts.__dict__, "policy": pol})
         self._own_portal = portal is None

@@ -98,7 +98,7 @@ def test_sync_migration_takes_the_options_policy_unless_told_otherwise() -> None
     for kwargs, expected in (
         ({"options": MigrationOptions(policy=parse_policy("precopy"))}, "precopy"),
         ({"options": MigrationOptions(policy=parse_policy("precopy")), "policy": "manual"}, "manual"),
-        ({}, "postcopy-after:1"),
+        ({}, "auto"),
     ):
         mig = SyncMigration("vm", **kwargs)  # type: ignore[arg-type]
         try:

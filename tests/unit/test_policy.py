@@ -32,10 +32,9 @@ def test_decision_table(policy: str, passes: int, elapsed: float, action: Action
     assert decision.reason  # every decision explains itself
 
 
-def test_default_is_one_pass_then_postcopy() -> None:
-    assert Policy("postcopy-after", 1) == DEFAULT_POLICY
-    assert str(DEFAULT_POLICY) == "postcopy-after:1"
-    assert parse_policy("postcopy-after") == DEFAULT_POLICY
+def test_the_default_is_auto_and_a_bare_postcopy_after_is_one_pass() -> None:
+    assert parse_policy("auto") == DEFAULT_POLICY and str(DEFAULT_POLICY) == "auto"
+    assert parse_policy("postcopy-after") == Policy("postcopy-after", 1)
 
 
 @pytest.mark.parametrize(

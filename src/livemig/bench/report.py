@@ -50,6 +50,7 @@ KEY_METRICS["frontier"] = (
     "max_stall_ms", "stalls_over_100ms", "progress_share", "total_time_ms", "bytes_transferred",
     "blocktime_per_request_ms", "postcopy_requests",
 )  # fmt: skip
+KEY_METRICS["frontier-1gbit"] = KEY_METRICS["frontier"]
 FAMILY_METRICS: tuple[str, ...] = (
     "max_stall_ms", "stalls_over_100ms", "progress_share", "under_half_s", "blackout_ms", "total_time_ms",
     "bytes_transferred", "switched_at_pass",

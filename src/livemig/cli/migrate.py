@@ -76,9 +76,10 @@ def migration_options(
 @click.argument("name", required=False)
 @click.option(
     "--policy",
-    default="postcopy-after:1",
+    default="auto",
     show_default=True,
-    help="precopy[:timeout=S] | manual | postcopy-now | postcopy-after:N (passes) or :F (share of the first, 0-1)",
+    help="auto[:max-pause=MS,budget=S] | precopy[:timeout=S] | manual | postcopy-now | "
+    "postcopy-after:N (passes) or :F (share of the first, 0-1)",
 )
 @click.option(
     "--bandwidth", help="Max migration bandwidth: 25M (MiB/s), 200mbit, 25MB/s; a bare number is bytes/s."

@@ -6,11 +6,11 @@ on its progress ticks; every decision carries its reason, which is logged and
 reported. Policy strings (``--policy``):
 
 ==================  ===========================================================
-``auto``            adaptive (see :mod:`livemig.policy.auto`); ``auto:max-pause=100ms,budget=120s``
+``auto``            adaptive, the default (see :mod:`livemig.policy.auto`); ``auto:max-pause=100ms,budget=120s``
 ``precopy``         never switches; gives up after ``timeout`` seconds (default 120)
 ``manual``          post-copy allowed, only when ``start_postcopy()`` is called
 ``postcopy-now``    switches at once
-``postcopy-after:N`` switches after N completed pre-copy passes (N >= 1). Default: N = 1.
+``postcopy-after:N`` switches after N completed pre-copy passes (N >= 1); ``postcopy-after``: N = 1.
 ``postcopy-after:F`` a share 0 < F < 1: switches within the first pass, once it has
                     covered F of the guest's memory (QEMU sends it in address order)
 ==================  ===========================================================
@@ -125,7 +125,9 @@ class Policy:
         return Decision(Action.CONTINUE, "pre-copy only; waiting for convergence")
 
 
-DEFAULT_POLICY: Final = Policy("postcopy-after", 1)
+# auto: the lowest guest stall of every policy on every workload and link of the bench's
+# policies family (docs/policies); it was postcopy-after:1 before 2026-12-01
+DEFAULT_POLICY: Final = Policy("auto", auto=AutoParams())
 _AFTER_RE: Final = re.compile(r"^postcopy-after(?::(.*))?$")
 _PRECOPY_RE: Final = re.compile(r"^precopy(?::timeout=(.*))?$")
 
@@ -177,7 +179,7 @@ def _share(text: str, raw: str) -> float:
 
 def _after(text: str, raw: str | None) -> Policy:
     if raw is None:
-        return DEFAULT_POLICY
+        return Policy("postcopy-after", 1)
     if not raw.isdigit():
         return Policy("postcopy-after", 0, within=_share(text, raw))
     n = int(raw)
