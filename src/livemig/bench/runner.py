@@ -215,8 +215,12 @@ def _migrate_own(
             time.sleep(cell.warmup_s)
         report, poll = asyncio.run(_migrate(name, opts, reg, cell.poll, cell.boost))
     finally:
-        with contextlib.suppress(LivemigError):
+        try:
             stop_vm(name, reg)
+        except LivemigError as exc:  # logged, not raised: the run has its report already
+            log.warning("could not stop %s after its run: %s", name, exc)
+        for d in disks:  # the run's own image: nothing of it stays in the runtime directory
+            d.path.unlink(missing_ok=True)
     return report, poll, plan
 
 
