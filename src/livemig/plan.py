@@ -277,8 +277,8 @@ def predict_policy(
 ) -> Prediction | None:
     """The prediction for one policy as given (``precopy:timeout=30``, ``postcopy-after:3``,
     ``auto:max-pause=100ms``); None for ``manual`` (a caller decides) and for a switch within
-    the first pass (``postcopy-after:0.5``: which pages the guest touches first plan cannot see). A pre-copy whose
-    predicted time exceeds its timeout is predicted cancelled."""
+    the first pass (``postcopy-after:0.5``: which pages the guest touches first plan cannot
+    see). A pre-copy whose predicted time exceeds its timeout is predicted cancelled."""
     if policy.kind == "manual" or policy.within is not None:
         return None  # a caller decides; or a switch within the first pass, which plan does not model
     if policy.kind == "auto":

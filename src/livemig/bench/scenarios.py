@@ -173,49 +173,54 @@ def _pacing_gso() -> list[Cell]:
     ]  # fmt: skip
 
 
+def _family_cell(scenario: str, name: str, policy: str, variant: str, **kw: Any) -> Cell:
+    """A cell on one of the policies family's workloads (its guest size; the real-VM guest
+    with its disk)."""
+    workload, mib = FAMILY_WORKLOADS[name]
+    return Cell(scenario, policy, workload, memory_mib=mib, disk=name == "realvm", variant=variant, **kw)
+
+
 def _pacing_gso_others() -> list[Cell]:
     """The GSO cap on the family's other 200 mbit workloads: nonconverge, where auto
     switches after pass 2 as postcopy-after:2 does, and the dirtier, where auto stays in
     pre-copy (does a smaller burst cost pre-copy anything?)."""
     cells = [("nonconverge", "postcopy-after:2"), ("nonconverge", "auto"), ("dirtier", "auto")]
     return [
-        Cell("pacing-gso-others", policy, FAMILY_WORKLOADS[name][0], memory_mib=FAMILY_WORKLOADS[name][1],
-             gso_max=gso, variant=f"{name}/{policy}/gso{gso // 1024}k")
+        _family_cell("pacing-gso-others", name, policy, f"{name}/{policy}/gso{gso // 1024}k", gso_max=gso)
         for gso in (65536, 8192)
         for name, policy in cells
+    ]
+
+
+def _frontier(
+    scenario: str, link: str, names: tuple[str, ...], points: tuple[tuple[str, int | None], ...]
+) -> list[Cell]:
+    """Switch points across pre-copy's first pass (``points``: policy, GSO size) on the
+    family's workloads ``names`` (docs/frontier)."""
+    return [
+        _family_cell(scenario, name, policy, f"{name}/{policy}" + (f"/gso{gso // 1024}k" if gso else ""),
+                     bandwidth=link, gso_max=gso)
+        for name in names
+        for policy, gso in points
     ]  # fmt: skip
 
 
-# The family's workloads on which auto missed the time target at 200 mbit (docs/policies)
+# The family's workloads on which auto missed the time target at 200 mbit (docs/policies).
+# The two ends of pre-copy's first pass, with the pacing lever auto has: switched at once
+# (postcopy-now, the fastest policy in the family, sends each page about once) and after the
+# first pass (postcopy-after:1, the earliest switch that follows a whole pass), with the
+# source's GSO size as the kernel makes it (64 KiB) and capped at 8 KiB as auto caps it; and
+# in between, within the first pass once it has covered half and 80% of the guest's memory.
+# Within 1.25x the fastest's time a policy must switch before the first pass ends: how long
+# does the guest stall there, with the cap?
 FRONTIER_WORKLOADS: Final = ("converge", "dirtier", "stream", "nonconverge", "phased", "realvm")
-
-
-def _frontier() -> list[Cell]:
-    """The two ends of pre-copy's first pass, with the pacing lever auto has: switched at
-    once (postcopy-now, the fastest policy in the family, sends each page about once) and
-    after the first pass (postcopy-after:1, the earliest switch that follows a whole pass),
-    each with the source's GSO size as the kernel makes it (64 KiB) and capped at 8 KiB as
-    auto caps it; and in between, within the first pass once it has covered half and 80% of
-    the guest's memory. Within 1.25x the fastest's time a policy must switch before the
-    first pass ends: how long does the guest stall there, with the cap?"""
-    return [
-        Cell("frontier", policy, FAMILY_WORKLOADS[name][0], memory_mib=FAMILY_WORKLOADS[name][1], gso_max=gso,
-             disk=name == "realvm", variant=f"{name}/{policy}/gso{gso // 1024}k")
-        for name in FRONTIER_WORKLOADS
-        for policy, gso in (("postcopy-now", 65536), ("postcopy-now", 8192), ("postcopy-after:0.5", 8192),
-                            ("postcopy-after:0.8", 8192), ("postcopy-after:1", 8192))
-    ]  # fmt: skip
-
-
-def _frontier_1gbit() -> list[Cell]:
-    """The same at 1 gbit, for the two workloads that miss the time target there; no GSO
-    cap (auto sets none on this link: a 64 KiB burst takes 0.52 ms)."""
-    return [
-        Cell("frontier-1gbit", policy, FAMILY_WORKLOADS[name][0], memory_mib=FAMILY_WORKLOADS[name][1],
-             bandwidth="1gbit", variant=f"{name}/{policy}")
-        for name in ("stream", "nonconverge")
-        for policy in ("postcopy-now", "postcopy-after:0.5", "postcopy-after:0.8", "postcopy-after:1")
-    ]  # fmt: skip
+FRONTIER_POINTS: Final = (("postcopy-now", 65536), ("postcopy-now", 8192), ("postcopy-after:0.5", 8192),
+                          ("postcopy-after:0.8", 8192), ("postcopy-after:1", 8192))  # fmt: skip
+# At 1 gbit, the two workloads that miss the time target there; no GSO cap (auto sets none
+# on this link: a 64 KiB burst takes 0.52 ms).
+FRONTIER_POINTS_1GBIT: Final = tuple(
+    (p, None) for p in ("postcopy-now", "postcopy-after:0.5", "postcopy-after:0.8", "postcopy-after:1")
+)
 
 
 def _events_sched() -> list[Cell]:
@@ -261,8 +266,8 @@ SCENARIOS: Final[dict[str, list[Cell]]] = {
     "pacing-gso": _pacing_gso(),
     "pacing-gso-others": _pacing_gso_others(),
     # Switched at once or after one pass, with and without the GSO cap: the time target's cost.
-    "frontier": _frontier(),
-    "frontier-1gbit": _frontier_1gbit(),
+    "frontier": _frontier("frontier", LINK, FRONTIER_WORKLOADS, FRONTIER_POINTS),
+    "frontier-1gbit": _frontier("frontier-1gbit", "1gbit", ("stream", "nonconverge"), FRONTIER_POINTS_1GBIT),
     **_family(),
     **_libvirt(),
 }
